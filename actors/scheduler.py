@@ -1,0 +1,388 @@
+"""The scheduler actor: the table of loaded models, the memory ledger, loading and eviction.
+
+Rules, in the order they are applied to a request:
+
+1. A loaded model whose runner can serve the request's load options is used at once, with no
+   trip through a global queue. A request that asks for a *smaller* ``num_ctx`` than the runner has
+   is served by it (the limit is applied per request), so clients with different context sizes do
+   not make the model thrash (ollama#6148).
+2. Otherwise an actor is created and its load is queued. Loads happen one at a time (``_load_lock``),
+   so two loads never race for the same free memory.
+3. Before a load, room is made: while the new model does not fit the memory budget, or
+   ``OLLAMA_MAX_LOADED_MODELS`` is reached, an idle model is evicted — expired ones first, then the
+   least recently used. A model with requests in flight is never evicted: the load waits until one
+   becomes idle.
+4. An actor whose load options no longer match what is asked is *retired*: it takes no new
+   requests and unloads once its in-flight requests finish, while the replacement loads.
+
+The scheduler knows nothing of HTTP. It hands out :class:`~trillama.actors.model.Lease` objects.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any, Mapping
+
+import attrs
+import trio
+
+from trillama.actors.memory import Device, Placement, discover_devices, estimate, place
+from trillama.actors.model import LoadFailed, LoadOptions, Lease, ModelActor, ModelGone, ServerBusy
+from trillama.config import Settings
+from trillama.logs import get_logger
+
+__all__ = ["Scheduler", "ServerBusy", "LoadFailed", "ModelGone", "LoadedModel"]
+
+log = get_logger("trillama.actors.scheduler")
+
+#: Loads that keep failing because the actor vanished under them (evicted, crashed) give up here.
+_MAX_ATTEMPTS = 5
+
+
+@attrs.frozen
+class LoadedModel:
+    """A row of ``/api/ps``."""
+
+    name: str
+    digest: str
+    details: dict
+    size: int
+    size_vram: int
+    expires_at: float | None  # wall-clock seconds; None = forever
+    context_length: int
+    num_parallel: int
+    state: str
+    pid: int | None
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, store: Any) -> None:
+        self.settings = settings
+        self.store = store
+        self._actors: list[ModelActor] = []
+        self._load_lock = trio.Lock()
+        self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._closing = False
+
+    # ------------------------------------------------------------------ lifetime
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The scheduler's own task: its nursery owns every model actor."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """Stop every model: cancel what is running, stop every runner process, wait for them."""
+        self._closing = True
+        actors = list(self._actors)
+        for actor in actors:
+            actor.request_stop("shutdown")
+        with trio.move_on_after(grace):
+            for actor in actors:
+                await actor.wait_stopped()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # ------------------------------------------------------------------ requests
+    def load_options(self, record: Any, options: Mapping[str, Any] | None) -> LoadOptions:
+        """The runner-shaping options for ``record`` with request ``options`` on top."""
+        params: dict[str, Any] = dict(record.parameters or {})
+        params.update({k: v for k, v in (options or {}).items() if v is not None})
+        info = record.gguf_info() if callable(getattr(record, "gguf_info", None)) else None
+        trained = int(getattr(info, "context_length", 0) or 0)
+        num_ctx = int(params.get("num_ctx") or self.settings.default_num_ctx)
+        if trained > 0:
+            num_ctx = min(num_ctx, trained)
+        num_ctx = max(num_ctx, 4)
+        num_parallel = int(params.get("num_parallel") or self.settings.num_parallel)
+        if "completion" not in (getattr(record, "capabilities", None) or ["completion"]):
+            num_parallel = 1  # embedding-only models decode one sequence at a time
+        return LoadOptions(
+            num_ctx=num_ctx,
+            num_parallel=max(1, num_parallel),
+            num_batch=int(params.get("num_batch") or 512),
+            num_gpu=int(params.get("num_gpu", -1) if params.get("num_gpu") is not None else -1),
+            num_thread=int(params.get("num_thread") or self.settings.effective_num_threads),
+            use_mmap=bool(params.get("use_mmap", True)),
+            kv_cache_type=self.settings.kv_cache_type,
+            flash_attention=self.settings.flash_attention,
+        )
+
+    async def acquire(
+        self,
+        record: Any,
+        options: Mapping[str, Any] | None = None,
+        keep_alive: float | None = None,
+    ) -> Lease:
+        """A lease on a loaded model that can serve ``record`` with ``options``.
+
+        Waits for the load if needed. Raises ``ServerBusy`` when that model's queue is full,
+        ``LoadFailed`` when it cannot be loaded. Cancel-safe: a caller cancelled while waiting
+        leaves the queue immediately.
+        """
+        if self._closing:
+            raise ModelGone("server is shutting down")
+        wanted = self.load_options(record, options)
+        key = self._key(record)
+        for _ in range(_MAX_ATTEMPTS):
+            actor = self._find(key, wanted)
+            if actor is None:
+                self._retire_mismatched(key, wanted)
+                actor = self._new_actor(record, key, wanted, keep_alive)
+            try:
+                lease = actor.admit(keep_alive)
+            except ModelGone:
+                continue
+            try:
+                await actor.wait_ready()
+            except ModelGone:
+                lease.release()
+                continue
+            except BaseException:
+                lease.release()
+                raise
+            return lease
+        raise LoadFailed(f"model {record.name.display if hasattr(record.name, 'display') else record.name} "
+                         "could not be kept loaded")
+
+    async def unload(self, record: Any, wait: float = 10.0) -> bool:
+        """``keep_alive: 0``: unload the model's runners as soon as they are idle.
+
+        Returns whether anything was loaded. Waits (bounded) for idle runners to be gone, so a
+        client that asks ``/api/ps`` right after sees the model gone.
+        """
+        key = self._key(record)
+        actors = [a for a in self._actors if a.key == key]
+        for actor in actors:
+            actor.expire_now()
+            if actor.is_idle:
+                actor.request_stop("unloaded")
+        with trio.move_on_after(wait):
+            for actor in actors:
+                if actor.is_idle:
+                    await actor.wait_stopped()
+        return bool(actors)
+
+    def loaded(self) -> list[LoadedModel]:
+        """``/api/ps`` rows, sorted as Ollama sorts them: latest expiry first."""
+        rows = []
+        for actor in self._actors:
+            if actor.state not in ("loading", "ready"):
+                continue
+            if actor.refcount > 0 or actor.keep_alive == math.inf:
+                expires = None if actor.keep_alive == math.inf else time.time() + actor.keep_alive
+            else:
+                expires = actor.expires_wall
+            rows.append(
+                LoadedModel(
+                    name=actor.name,
+                    digest=actor.digest,
+                    details=actor.details,
+                    size=actor.placement.size,
+                    size_vram=actor.placement.size_vram,
+                    expires_at=expires,
+                    context_length=actor.num_ctx,
+                    num_parallel=actor.options.num_parallel,
+                    state=actor.state,
+                    pid=actor.runner.pid if actor.runner is not None else None,
+                )
+            )
+        rows.sort(key=lambda r: math.inf if r.expires_at is None else r.expires_at, reverse=True)
+        return rows
+
+    def actors(self) -> list[ModelActor]:
+        return list(self._actors)
+
+    # ------------------------------------------------------------------ internals
+    @staticmethod
+    def _key(record: Any) -> tuple:
+        return (
+            str(record.model_path),
+            tuple(str(p) for p in (getattr(record, "adapter_paths", ()) or ())),
+            tuple(str(p) for p in (getattr(record, "projector_paths", ()) or ())),
+        )
+
+    def _find(self, key: tuple, wanted: LoadOptions) -> ModelActor | None:
+        for actor in self._actors:
+            if actor.key == key and actor.accepting and actor.options.serves(wanted):
+                return actor
+        return None
+
+    def _retire_mismatched(self, key: tuple, wanted: LoadOptions) -> None:
+        for actor in self._actors:
+            if actor.key == key and actor.accepting:
+                log.info("model_reload", model=actor.name, loaded=attrs.asdict(actor.options),
+                         wanted=attrs.asdict(wanted))
+                actor.stop_reason = "reload"
+                if actor.is_idle:
+                    actor.request_stop("reload")
+
+    def _on_idle(self, actor: ModelActor) -> None:
+        if actor.stop_reason == "reload" or actor.keep_alive == 0:
+            actor.request_stop(actor.stop_reason or "keep_alive 0")
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _new_actor(self, record: Any, key: tuple, wanted: LoadOptions, keep_alive: float | None) -> ModelActor:
+        from trillama.actors.runner.client import RunnerSpec
+
+        assert self._nursery is not None, "scheduler is not running"
+        info = record.gguf_info()
+        extra = sum(Path(p).stat().st_size for p in (*record.adapter_paths, *record.projector_paths))
+        est = estimate(
+            info,
+            file_bytes=Path(record.model_path).stat().st_size,
+            extra_bytes=extra,
+            num_ctx=wanted.num_ctx,
+            num_parallel=wanted.num_parallel,
+            num_batch=wanted.num_batch,
+            n_vocab=int(getattr(info, "vocab_size", 0) or 32000),
+            kv_cache_type=wanted.kv_cache_type,
+            flash_attention=bool(wanted.flash_attention),
+        )
+        spec = RunnerSpec(
+            model_path=Path(record.model_path),
+            n_ctx=wanted.num_ctx,
+            n_parallel=wanted.num_parallel,
+            n_threads=wanted.num_thread,
+            n_batch=wanted.num_batch,
+            n_gpu_layers=0,
+            flash_attn=wanted.flash_attention,
+            kv_cache_type=wanted.kv_cache_type,
+            use_mmap=wanted.use_mmap,
+            adapters=tuple(Path(p) for p in record.adapter_paths),
+        )
+        actor = ModelActor(
+            key=key,
+            name=record.name.display,
+            digest=record.digest,
+            details=dict(record.details),
+            model_path=str(record.model_path),
+            options=wanted,
+            spec=spec,
+            estimate=est,
+            placement=Placement(n_gpu_layers=0, gpu_index=None, size=est.total, size_vram=0),
+            max_queue=self.settings.max_queue,
+            keep_alive=self.settings.keep_alive if keep_alive is None else keep_alive,
+            on_idle=self._on_idle,
+        )
+        self._actors.append(actor)
+        self._nursery.start_soon(self._lifecycle, actor)
+        log.info("model_queued_for_load", model=actor.name, num_ctx=wanted.num_ctx,
+                 num_parallel=wanted.num_parallel, estimate=est.total)
+        return actor
+
+    async def _lifecycle(self, actor: ModelActor) -> None:
+        """Load ``actor``'s runner (one load at a time), serve until it stops, then clean up."""
+        from trillama.actors.runner.client import Runner, RunnerError
+
+        try:
+            async with AsyncExitStack() as stack:
+                async with self._load_lock:
+                    if actor.stop_reason is not None:
+                        return
+                    try:
+                        await self._make_room(actor)
+                    except LoadFailed as exc:
+                        actor.fail(str(exc))
+                        return
+                    if actor.stop_reason is not None:
+                        return
+                    actor.mark_loading()
+                    started = time.perf_counter()
+                    try:
+                        timeout = self.settings.load_timeout
+                        with trio.fail_after(timeout if timeout and timeout != math.inf else 1e9):
+                            runner = await stack.enter_async_context(Runner.open(actor.spec))
+                    except (RunnerError, OSError, trio.TooSlowError) as exc:
+                        message = str(exc) if not isinstance(exc, trio.TooSlowError) else (
+                            "timed out waiting for the model runner to start")
+                        log.warning("model_load_failed", model=actor.name, error=message)
+                        actor.fail(message)
+                        return
+                    log.info("model_loaded", model=actor.name, pid=runner.pid,
+                             seconds=round(time.perf_counter() - started, 3),
+                             size=actor.placement.size, size_vram=actor.placement.size_vram,
+                             n_gpu_layers=actor.placement.n_gpu_layers)
+                await actor.serve(runner)
+        finally:
+            if actor in self._actors:
+                self._actors.remove(actor)
+            actor.mark_stopped()
+            log.info("model_unloaded", model=actor.name, reason=actor.stop_reason or actor.state)
+            self._notify()
+
+    def _budget_fits(self, actor: ModelActor, others: list[ModelActor],
+                     ram: Device, gpus: list[Device]) -> bool:
+        reserved_vram: dict[int, int] = {}
+        for other in others:
+            if other.placement.gpu_index is not None:
+                reserved_vram[other.placement.gpu_index] = (
+                    reserved_vram.get(other.placement.gpu_index, 0) + other.placement.size_vram)
+        placement = place(actor.estimate, gpus, gpu_overhead=self.settings.gpu_overhead,
+                          num_gpu=actor.options.num_gpu, reserved_vram=reserved_vram)
+        if gpus and others and actor.options.num_gpu < 0 and placement.n_gpu_layers < actor.estimate.layers + 1:
+            # With other models loaded, a new one must fit on the GPU entirely, or they make room.
+            return False
+        host_need = placement.size - placement.size_vram
+        host_used = sum(o.placement.size - o.placement.size_vram for o in others)
+        limit = self.settings.memory_limit
+        if limit and host_used + host_need > limit:
+            return False
+        if host_need > ram.free + (0 if others else 0):
+            # Free RAM already reflects loaded models; what they will still allocate is in their estimate.
+            return False
+        actor.placement = placement
+        actor.spec = attrs.evolve(actor.spec, n_gpu_layers=placement.n_gpu_layers)
+        return True
+
+    async def _make_room(self, actor: ModelActor) -> None:
+        limit = self.settings.memory_limit
+        while True:
+            others = [a for a in self._actors if a is not actor and a.state in ("loading", "ready")]
+            ram, gpus = await trio.to_thread.run_sync(discover_devices)
+            over_count = len(others) >= self.settings.effective_max_loaded_models
+            if not over_count and self._budget_fits(actor, others, ram, gpus):
+                return
+            if not others:
+                need = actor.estimate.total
+                available = min(limit, ram.free) if limit else ram.free
+                raise LoadFailed(
+                    f"model requires more system memory ({_human(need)}) than is available "
+                    f"({_human(available)})"
+                )
+            victim = self._pick_victim(others)
+            if victim is not None:
+                log.info("model_evicted", model=victim.name, for_model=actor.name,
+                         reason="max loaded models" if over_count else "memory")
+                victim.request_stop("evicted")
+                await victim.wait_stopped()
+                continue
+            # Everything loaded is busy: wait until something becomes idle or goes away.
+            changed = self._changed
+            await changed.wait()
+
+    @staticmethod
+    def _pick_victim(candidates: list[ModelActor]) -> ModelActor | None:
+        now = trio.current_time()
+        idle = [a for a in candidates if a.is_idle and a.state == "ready"]
+        if not idle:
+            return None
+        idle.sort(key=lambda a: (a.expires_at > now, a.last_used))
+        return idle[0]
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)

@@ -1,0 +1,96 @@
+"""The Quart application: routing, error shapes, CORS and request logging.
+
+Handlers live in blueprints by audience: ``manage`` (the model store), ``inference`` (generate,
+chat, embed, ps) and ``openai`` (``/v1``). This module only wires them up.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import structlog
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from trillama import __version__
+from trillama.api.context import Services
+from trillama.api.cors import CorsPolicy
+from trillama.api.errors import APIError, openai_error_type
+from trillama.api.streaming import json_response
+from trillama.logs import get_logger
+
+__all__ = ["create_app"]
+
+log = get_logger("trillama.api")
+
+
+def openai_error_body(exc: APIError) -> dict:
+    return {"error": {"message": exc.message, "type": openai_error_type(exc.status), "param": None,
+                      "code": None}}
+
+
+def create_app(services: Services) -> QuartTrio:
+    app = QuartTrio("trillama")
+    # Generations and blob uploads can be long and large: no response timeout, no body cap.
+    app.config.update(RESPONSE_TIMEOUT=None, BODY_TIMEOUT=None, MAX_CONTENT_LENGTH=None,
+                      PROVIDE_AUTOMATIC_OPTIONS=False)
+    app.extensions["trillama"] = services
+    cors = CorsPolicy(services.settings.allowed_origins)
+
+    @app.before_request
+    async def _start() -> Response | None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=uuid.uuid4().hex[:12])
+        request.environ_started = time.perf_counter()  # type: ignore[attr-defined]
+        if request.method == "OPTIONS":
+            headers = cors.headers_for(request.headers.get("Origin"), preflight=True)
+            return Response("", status=204 if headers or not request.headers.get("Origin") else 403,
+                            headers=headers)
+        return None
+
+    @app.after_request
+    async def _finish(response: Response) -> Response:
+        for key, value in cors.headers_for(request.headers.get("Origin"), preflight=False).items():
+            response.headers[key] = value
+        started = getattr(request, "environ_started", None)
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=response.status_code,
+            ms=round((time.perf_counter() - started) * 1000, 1) if started else None,
+        )
+        return response
+
+    @app.errorhandler(APIError)
+    async def _api_error(exc: APIError) -> Response:
+        body = openai_error_body(exc) if request.path.startswith("/v1/") else {"error": exc.message}
+        return json_response(body, status=exc.status, headers=dict(exc.headers))
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        # Ollama (gin) answers unknown paths and wrong methods in plain text.
+        code = exc.code or 500
+        text = {404: "404 page not found", 405: "405 method not allowed"}.get(code, exc.description or "")
+        return Response(text, status=code, content_type="text/plain")
+
+    @app.route("/", methods=["GET", "HEAD"])
+    async def root() -> Response:
+        return Response("Ollama is running", content_type="text/plain; charset=utf-8")
+
+    @app.route("/api/version", methods=["GET", "HEAD"])
+    async def version() -> Response:
+        return json_response({"version": __version__})
+
+    from trillama.api import manage
+
+    app.register_blueprint(manage.blueprint)
+    try:
+        from trillama.api import inference
+    except ImportError:  # pragma: no cover - present once the inference routes land
+        pass
+    else:
+        app.register_blueprint(inference.blueprint)
+    return app

@@ -1,0 +1,26 @@
+"""What route handlers reach for: the settings, the model store and the scheduler."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+from quart import current_app
+
+if TYPE_CHECKING:
+    from trillama.actors.scheduler import Scheduler
+    from trillama.config import Settings
+    from trillama.store import ModelStore
+
+__all__ = ["Services", "services"]
+
+
+@attrs.frozen
+class Services:
+    settings: "Settings"
+    store: "ModelStore"
+    scheduler: "Scheduler | None" = None
+
+
+def services() -> Services:
+    return current_app.extensions["trillama"]

@@ -1,0 +1,108 @@
+"""Streaming responses: NDJSON for the native API, server-sent events for ``/v1``.
+
+Ollama's rule for errors in a stream: if nothing has been written yet the client gets the real HTTP
+status and an error body; once chunks have gone out, the status is already 200, so the error travels
+as one more line and the stream ends. We get that by pulling the first chunk *before* building the
+response: an error raised while preparing (model not found, queue full, load failure) still becomes
+a proper status code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator, Callable
+
+from quart import Response
+
+from trillama.api.errors import APIError
+from trillama.logs import get_logger
+
+__all__ = ["dumps", "ndjson_response", "sse_response", "json_response", "stream_or_collect"]
+
+log = get_logger("trillama.api.streaming")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(obj), status=status, content_type="application/json; charset=utf-8",
+                    headers=headers)
+
+
+async def _prime(chunks: AsyncIterator[Any]) -> tuple[bool, Any]:
+    try:
+        return True, await chunks.__anext__()
+    except StopAsyncIteration:
+        return False, None
+
+
+def _streaming_response(
+    chunks: AsyncIterator[Any],
+    first: Any,
+    has_first: bool,
+    *,
+    encode: Callable[[Any], str],
+    encode_error: Callable[[APIError], str],
+    trailer: str | None,
+    content_type: str,
+) -> Response:
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            if has_first:
+                yield encode(first).encode()
+            async for chunk in chunks:
+                yield encode(chunk).encode()
+        except APIError as exc:
+            log.info("stream_error", status=exc.status, error=exc.message)
+            yield encode_error(exc).encode()
+            return
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+        if trailer:
+            yield trailer.encode()
+
+    response = Response(body(), status=200, content_type=content_type)
+    response.timeout = None  # a long generation is not a hung request
+    return response
+
+
+async def ndjson_response(chunks: AsyncIterator[dict]) -> Response:
+    """Stream dict chunks as NDJSON; errors before the first chunk raise, later ones become a line."""
+    has_first, first = await _prime(chunks)
+    return _streaming_response(
+        chunks,
+        first,
+        has_first,
+        encode=lambda c: dumps(c) + "\n",
+        encode_error=lambda e: dumps({"error": e.message}) + "\n",
+        trailer=None,
+        content_type="application/x-ndjson",
+    )
+
+
+async def sse_response(chunks: AsyncIterator[dict], *, openai_error: Callable[[APIError], dict]) -> Response:
+    """Stream dict chunks as ``data: {json}`` events ending in ``data: [DONE]``."""
+    has_first, first = await _prime(chunks)
+    return _streaming_response(
+        chunks,
+        first,
+        has_first,
+        encode=lambda c: f"data: {dumps(c)}\n\n",
+        encode_error=lambda e: f"data: {dumps(openai_error(e))}\n\n",
+        trailer="data: [DONE]\n\n",
+        content_type="text/event-stream",
+    )
+
+
+async def stream_or_collect(
+    chunks: AsyncIterator[dict], stream: bool, collect: Callable[[list[dict]], dict] | None = None
+) -> Response:
+    """``stream: true`` streams NDJSON; ``false`` answers one object, by default the last chunk."""
+    if stream:
+        return await ndjson_response(chunks)
+    collected = [chunk async for chunk in chunks]
+    if collect is not None:
+        return json_response(collect(collected))
+    return json_response(collected[-1] if collected else {})

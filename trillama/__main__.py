@@ -1,0 +1,3 @@
+from trillama.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,237 @@
+"""Server configuration, read once from the environment with Ollama's variable names.
+
+Every knob a user knows from Ollama (``OLLAMA_HOST``, ``OLLAMA_MODELS``, ``OLLAMA_NUM_PARALLEL``…)
+means the same thing here, with the same default. Unlike Ollama, a value that does not parse stops
+the server with a message naming the variable: a typo in a unit file should not silently fall back
+to a default and leave the operator guessing why a setting "does nothing".
+
+trillama's own additions use the ``TRILLAMA_`` prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+
+from trillama.durations import FOREVER, DurationError, parse_go_duration
+
+__all__ = ["ConfigError", "Settings", "parse_byte_size", "DEFAULT_ORIGINS"]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+#: Origins Ollama always allows, before ``OLLAMA_ORIGINS`` adds more.
+DEFAULT_ORIGINS: tuple[str, ...] = tuple(
+    [
+        f"{scheme}://{host}{port}"
+        for host in ("localhost", "127.0.0.1", "0.0.0.0")
+        for scheme in ("http", "https")
+        for port in ("", ":*")
+    ]
+    + ["app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*"]
+)
+
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+    "k": 2**10,
+    "m": 2**20,
+    "g": 2**30,
+}
+
+
+def parse_byte_size(text: str) -> int:
+    """Parse ``"2GiB"``, ``"500MB"``, ``"1.5g"`` or a plain byte count."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _BYTE_UNITS:
+        raise ValueError(f"not a byte size: {text!r}")
+    return int(float(match.group(1)) * _BYTE_UNITS[match.group(2).lower()])
+
+
+def _parse_bool(text: str) -> bool:
+    # Go's strconv.ParseBool, which Ollama uses.
+    if text in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if text in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _parse_uint(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _parse_duration(text: str) -> float:
+    try:
+        seconds = float(text)  # Ollama also accepts integer seconds here
+    except ValueError:
+        try:
+            seconds = parse_go_duration(text)
+        except DurationError as exc:
+            raise ValueError(str(exc)) from None
+    return FOREVER if seconds < 0 else seconds
+
+
+def _parse_host(text: str) -> tuple[str, int]:
+    """Ollama's OLLAMA_HOST grammar: ``[scheme://]host[:port][/path]``."""
+    default_port = 11434
+    if "://" not in text:
+        text = "http://" + text
+    else:
+        scheme = text.split("://", 1)[0]
+        if scheme == "https":
+            default_port = 443
+        elif scheme == "http":
+            default_port = 80
+    parts = urlsplit(text)
+    host = parts.hostname or "127.0.0.1"
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        port = 11434
+    return host, port
+
+
+def _parse_origins(text: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in text.split(",") if o.strip())
+
+
+def _parse_kv_type(text: str) -> str:
+    if text not in ("f16", "q8_0", "q4_0"):
+        raise ValueError('must be one of "f16", "q8_0", "q4_0"')
+    return text
+
+
+def _parse_debug(text: str) -> int:
+    if text in ("1", "2"):
+        return int(text)
+    return 1 if _parse_bool(text) else 0
+
+
+def _parse_log_format(text: str) -> str:
+    if text not in ("console", "json"):
+        raise ValueError('must be "console" or "json"')
+    return text
+
+
+def _default_threads() -> int:
+    try:
+        import psutil
+
+        return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    except Exception:  # pragma: no cover - psutil is a dependency; this is belt and braces
+        return max(1, os.cpu_count() or 1)
+
+
+@attrs.frozen
+class Settings:
+    """The effective configuration of one server process."""
+
+    host: str = "127.0.0.1"
+    port: int = 11434
+    models_dir: Path = attrs.field(factory=lambda: Path.home() / ".ollama" / "models")
+    keep_alive: float = 300.0
+    num_parallel: int = 1
+    max_loaded_models: int = 0
+    max_queue: int = 512
+    origins: tuple[str, ...] = ()
+    noprune: bool = False
+    debug: int = 0
+    context_length: int = 0
+    gpu_overhead: int = 0
+    load_timeout: float = 300.0
+    flash_attention: bool | None = None
+    kv_cache_type: str = "f16"
+    #: trillama: cap on the memory the scheduler may hand out (bytes); 0 = what the machine has.
+    memory_limit: int = 0
+    #: trillama: threads each runner decodes with; 0 = physical cores.
+    num_threads: int = 0
+    #: trillama: create the bundled ``smollm2:135m`` on start when the store lacks it.
+    bundled_model: bool = True
+    #: trillama: ``console`` (human) or ``json`` log lines.
+    log_format: str = "console"
+
+    @property
+    def allowed_origins(self) -> tuple[str, ...]:
+        return self.origins + DEFAULT_ORIGINS
+
+    @property
+    def effective_max_loaded_models(self) -> int:
+        return self.max_loaded_models or 3
+
+    @property
+    def default_num_ctx(self) -> int:
+        # Ollama's lowest VRAM tier; this machine class has no large GPU.
+        return self.context_length or 4096
+
+    @property
+    def effective_num_threads(self) -> int:
+        return self.num_threads or _default_threads()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Read the configuration; raise ``ConfigError`` naming the first bad variable."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+
+        def read(name: str, field: str, parse: Callable[[str], T]) -> None:
+            raw = env.get(name)
+            if raw is None:
+                return
+            raw = raw.strip().strip("\"'")  # Ollama's Var() trims spaces and quotes
+            if raw == "":
+                return
+            try:
+                values[field] = parse(raw)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"invalid value for {name}: {raw!r} ({exc})") from None
+
+        raw_host = env.get("OLLAMA_HOST", "").strip().strip("\"'")
+        if raw_host:
+            values["host"], values["port"] = _parse_host(raw_host)
+        read("OLLAMA_MODELS", "models_dir", lambda s: Path(s).expanduser())
+        read("OLLAMA_KEEP_ALIVE", "keep_alive", _parse_duration)
+        read("OLLAMA_NUM_PARALLEL", "num_parallel", lambda s: max(1, _parse_uint(s)))
+        read("OLLAMA_MAX_LOADED_MODELS", "max_loaded_models", _parse_uint)
+        read("OLLAMA_MAX_QUEUE", "max_queue", _parse_uint)
+        read("OLLAMA_ORIGINS", "origins", _parse_origins)
+        read("OLLAMA_NOPRUNE", "noprune", _parse_bool)
+        read("OLLAMA_DEBUG", "debug", _parse_debug)
+        read("OLLAMA_CONTEXT_LENGTH", "context_length", _parse_uint)
+        read("OLLAMA_GPU_OVERHEAD", "gpu_overhead", parse_byte_size)
+        read("OLLAMA_LOAD_TIMEOUT", "load_timeout", _parse_duration)
+        read("OLLAMA_FLASH_ATTENTION", "flash_attention", _parse_bool)
+        read("OLLAMA_KV_CACHE_TYPE", "kv_cache_type", _parse_kv_type)
+        read("TRILLAMA_MEMORY_LIMIT", "memory_limit", parse_byte_size)
+        read("TRILLAMA_NUM_THREADS", "num_threads", _parse_uint)
+        read("TRILLAMA_BUNDLED_MODEL", "bundled_model", _parse_bool)
+        read("TRILLAMA_LOG_FORMAT", "log_format", _parse_log_format)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def as_log_fields(self) -> dict[str, object]:
+        """Flat key/values for the one startup log event."""
+        fields = attrs.asdict(self)
+        fields["models_dir"] = str(self.models_dir)
+        fields["origins"] = list(self.allowed_origins)
+        fields["keep_alive"] = "forever" if self.keep_alive == FOREVER else self.keep_alive
+        return fields
