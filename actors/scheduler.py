@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -195,8 +194,22 @@ class Scheduler:
         rows.sort(key=lambda r: math.inf if r.expires_at is None else r.expires_at, reverse=True)
         return rows
 
-    def actors(self) -> list[ModelActor]:
-        return list(self._actors)
+    async def runner_states(self) -> list[dict[str, Any]]:
+        """Each model's runner process and slot states (trillama's ``/api/runners``)."""
+        out = []
+        for actor in list(self._actors):
+            slots = []
+            if actor.state == "ready" and actor.runner is not None and not actor.runner.died.is_set():
+                try:
+                    slots = [attrs.asdict(s) for s in await actor.runner.slots()]
+                except Exception as exc:  # a runner dying under the question is an answer too
+                    log.info("slots_unavailable", model=actor.name, error=str(exc))
+            out.append({
+                "name": actor.name, "state": actor.state, "pid": actor.runner.pid if actor.runner else None,
+                "num_ctx": actor.num_ctx, "num_parallel": actor.options.num_parallel,
+                "refcount": actor.refcount, "queued": actor.pending, "slots": slots,
+            })
+        return out
 
     # ------------------------------------------------------------------ internals
     @staticmethod
@@ -281,39 +294,52 @@ class Scheduler:
         return actor
 
     async def _lifecycle(self, actor: ModelActor) -> None:
-        """Load ``actor``'s runner (one load at a time), serve until it stops, then clean up."""
+        """Load ``actor``'s runner (one load at a time), serve until it stops, then clean up.
+
+        The load lock is held from making room until the runner reports ready; the runner's
+        context then spans the actor's whole life, so its process is reaped however that ends.
+        ``OLLAMA_LOAD_TIMEOUT`` is a deadline on a cancel scope around the runner's context that
+        is lifted once the model is loaded.
+        """
         from trillama.actors.runner.client import Runner, RunnerError
 
+        lock_held = False
         try:
-            async with AsyncExitStack() as stack:
-                async with self._load_lock:
-                    if actor.stop_reason is not None:
-                        return
-                    try:
-                        await self._make_room(actor)
-                    except LoadFailed as exc:
-                        actor.fail(str(exc))
-                        return
-                    if actor.stop_reason is not None:
-                        return
-                    actor.mark_loading()
-                    started = time.perf_counter()
-                    try:
-                        timeout = self.settings.load_timeout
-                        with trio.fail_after(timeout if timeout and timeout != math.inf else 1e9):
-                            runner = await stack.enter_async_context(Runner.open(actor.spec))
-                    except (RunnerError, OSError, trio.TooSlowError) as exc:
-                        message = str(exc) if not isinstance(exc, trio.TooSlowError) else (
-                            "timed out waiting for the model runner to start")
-                        log.warning("model_load_failed", model=actor.name, error=message)
-                        actor.fail(message)
-                        return
-                    log.info("model_loaded", model=actor.name, pid=runner.pid,
-                             seconds=round(time.perf_counter() - started, 3),
-                             size=actor.placement.size, size_vram=actor.placement.size_vram,
-                             n_gpu_layers=actor.placement.n_gpu_layers)
-                await actor.serve(runner)
+            await self._load_lock.acquire()
+            lock_held = True
+            if actor.stop_reason is not None:
+                return
+            try:
+                await self._make_room(actor)
+            except LoadFailed as exc:
+                actor.fail(str(exc))
+                return
+            if actor.stop_reason is not None:
+                return
+            actor.mark_loading()
+            started = time.perf_counter()
+            timeout = self.settings.load_timeout
+            with trio.CancelScope() as load_scope:
+                if timeout and timeout != math.inf:
+                    load_scope.deadline = trio.current_time() + timeout
+                try:
+                    async with Runner.open(actor.spec) as runner:
+                        load_scope.deadline = math.inf
+                        self._load_lock.release()
+                        lock_held = False
+                        log.info("model_loaded", model=actor.name, pid=runner.pid,
+                                 seconds=round(time.perf_counter() - started, 3),
+                                 size=actor.placement.size, size_vram=actor.placement.size_vram,
+                                 n_gpu_layers=actor.placement.n_gpu_layers)
+                        await actor.serve(runner)
+                except (RunnerError, OSError) as exc:
+                    log.warning("model_load_failed", model=actor.name, error=str(exc))
+                    actor.fail(str(exc))
+            if load_scope.cancelled_caught and actor.state == "loading":
+                actor.fail("timed out waiting for the model runner to start")
         finally:
+            if lock_held:
+                self._load_lock.release()
             if actor in self._actors:
                 self._actors.remove(actor)
             actor.mark_stopped()

@@ -15,6 +15,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trillama import __version__
+from trillama.api import inference, manage
 from trillama.api.context import Services
 from trillama.api.cors import CorsPolicy
 from trillama.api.errors import APIError, openai_error_type
@@ -84,13 +85,6 @@ def create_app(services: Services) -> QuartTrio:
     async def version() -> Response:
         return json_response({"version": __version__})
 
-    from trillama.api import manage
-
     app.register_blueprint(manage.blueprint)
-    try:
-        from trillama.api import inference
-    except ImportError:  # pragma: no cover - present once the inference routes land
-        pass
-    else:
-        app.register_blueprint(inference.blueprint)
+    app.register_blueprint(inference.blueprint)
     return app

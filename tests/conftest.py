@@ -7,6 +7,7 @@ sends SIGTERM and then checks that no runner process outlived the server.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -131,12 +132,27 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def upload_and_create(client: httpx.Client, name: str, gguf: Path, **extra) -> None:
+    """Create ``name`` from a local GGUF the way the ollama CLI does: blob upload, then create."""
+    digest = "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
+    if client.head(f"/api/blobs/{digest}").status_code != 200:
+        with gguf.open("rb") as f:
+            r = client.post(f"/api/blobs/{digest}", content=f)
+        assert r.status_code == 201, r.text
+    r = client.post("/api/create", json={"model": name, "files": {gguf.name: digest}, "stream": False, **extra})
+    assert r.status_code == 200, r.text
+
+
 @pytest.fixture(scope="session")
-def seeded_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store holding the bundled model, created once by a real server start."""
+def seeded_models_dir(tmp_path_factory: pytest.TempPathFactory, gemma3_gguf: Path) -> Path:
+    """A store holding the bundled model and ``gemma3:270m``, created once through a real server."""
     root = tmp_path_factory.mktemp("seed") / "models"
     server = ServerProcess(root, env={"TRILLAMA_BUNDLED_MODEL": "1"}).start()
-    server.stop()
+    try:
+        with server.client() as client:
+            upload_and_create(client, "gemma3:270m", gemma3_gguf)
+    finally:
+        server.stop()
     return root
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trillama import client_cli
 from trillama.config import ConfigError, Settings
 
 __all__ = ["main"]
@@ -34,12 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", aliases=["start"], help="Start the server")
     serve.set_defaults(func=_serve)
-    try:
-        from trillama import client_cli
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        client_cli.register(sub)
+    client_cli.register(sub)
     return parser
 
 

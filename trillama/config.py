@@ -92,7 +92,7 @@ def _parse_duration(text: str) -> float:
     return FOREVER if seconds < 0 else seconds
 
 
-def _parse_host(text: str) -> tuple[str, int]:
+def parse_host(text: str) -> tuple[str, int]:
     """Ollama's OLLAMA_HOST grammar: ``[scheme://]host[:port][/path]``."""
     default_port = 11434
     if "://" not in text:
@@ -208,7 +208,7 @@ class Settings:
 
         raw_host = env.get("OLLAMA_HOST", "").strip().strip("\"'")
         if raw_host:
-            values["host"], values["port"] = _parse_host(raw_host)
+            values["host"], values["port"] = parse_host(raw_host)
         read("OLLAMA_MODELS", "models_dir", lambda s: Path(s).expanduser())
         read("OLLAMA_KEEP_ALIVE", "keep_alive", _parse_duration)
         read("OLLAMA_NUM_PARALLEL", "num_parallel", lambda s: max(1, _parse_uint(s)))

@@ -1,0 +1,669 @@
+"""How Go sees the Python values a template works on: truth, printing, JSON, printf.
+
+Ollama executes Modelfile templates with Go's text/template, so what a prompt looks like depends on
+Go's rules for turning values into text: ``fmt.Fprint`` for ``{{ x }}`` (maps print as
+``map[k:v]``, floats as ``1e+06``, a missing map key as ``<no value>``), ``encoding/json`` for the
+``json`` function (sorted map keys, ``<`` escaped as ``\\u003c``), and Go's idea of "empty" for
+``if``. Python values stand in for Go values like this:
+
+* ``str``, ``bool``, ``int``, ``float`` are Go's string, bool, int, float64;
+* ``None`` is a nil interface (a JSON ``null``, a missing map key);
+* ``list``/``tuple`` is a slice, ``dict`` a ``map[string]any`` (sorted when ranged or printed);
+* :class:`OrderedMap` is a map type that keeps insertion order (Ollama's ordered property maps);
+* :class:`GoStruct` is a struct with named fields, optional JSON tags, an optional ``String()``
+  method and optional methods callable from templates;
+* :class:`StringerList` is a slice with its own ``String()`` and JSON form (Ollama's
+  ``PropertyType``, which prints ``string`` for ``["string"]``).
+"""
+
+from __future__ import annotations
+
+import base64
+import decimal
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "GoStruct",
+    "OrderedMap",
+    "JSONStringMap",
+    "JSONStringList",
+    "NilSlice",
+    "StringerList",
+    "StructType",
+    "FieldSpec",
+    "GoValueError",
+    "truth",
+    "sprint",
+    "sprint_value",
+    "sprintln",
+    "sprintf",
+    "json_marshal",
+    "go_quote",
+    "type_name",
+    "format_float_v",
+    "format_float_json",
+]
+
+
+class GoValueError(Exception):
+    """A value operation Go would refuse (the executor turns it into a template error)."""
+
+
+@attrs.frozen
+class FieldSpec:
+    """One struct field: Go name, JSON key (``None`` = the Go name), and ``omitempty``."""
+
+    name: str
+    json_name: str | None = None
+    omitempty: bool = False
+
+
+@attrs.frozen
+class StructType:
+    """The shape of a Go struct type, shared by all its values."""
+
+    name: str
+    fields: tuple[FieldSpec, ...]
+    # fmt.Stringer: when set, printing the value (at any depth) calls this.
+    stringer: Callable[[GoStruct], str] | None = None
+    # Methods templates may call as ``.Name arg...``; each receives the struct first.
+    methods: Mapping[str, Callable[..., Any]] = attrs.field(factory=dict)
+
+    def index(self, field: str) -> int:
+        for i, spec in enumerate(self.fields):
+            if spec.name == field:
+                return i
+        return -1
+
+
+class GoStruct:
+    """A struct value: a :class:`StructType` and one value per field, in declaration order."""
+
+    __slots__ = ("type", "values")
+
+    def __init__(self, type_: StructType, **values: Any) -> None:
+        unknown = set(values) - {f.name for f in type_.fields}
+        if unknown:
+            raise TypeError(f"{type_.name} has no fields {sorted(unknown)}")
+        self.type = type_
+        self.values = tuple(values.get(f.name) for f in type_.fields)
+
+    def field(self, name: str) -> tuple[bool, Any]:
+        i = self.type.index(name)
+        if i < 0:
+            return False, None
+        return True, self.values[i]
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f.name}={v!r}" for f, v in zip(self.type.fields, self.values))
+        return f"{self.type.name}({inner})"
+
+
+class OrderedMap(dict):
+    """A ``map`` whose keys keep insertion order when ranged over or marshalled to JSON.
+
+    Ollama keeps tool-parameter properties in an ordered map below the top level; a plain ``dict``
+    stands for an ordinary Go map, whose keys Go sorts.
+    """
+
+
+class JSONStringMap(dict):
+    """A map type whose ``String()`` prints its JSON (Ollama's tool-call arguments and properties).
+
+    ``{{ .Function.Arguments }}`` therefore renders ``{"city":"Paris"}``, not ``map[city:Paris]``.
+    """
+
+
+class JSONStringList(list):
+    """A slice type whose ``String()`` prints its JSON (Ollama's ``.Tools``)."""
+
+
+class NilSlice(list):
+    """A nil slice: prints ``[]`` and is false like an empty one, but marshals to ``null``."""
+
+
+class StringerList(list):
+    """A string slice with Ollama's ``PropertyType`` behaviour.
+
+    ``String()`` gives the single element for a one-element list and Go's ``[a b]`` otherwise; JSON
+    is a bare string for one element and an array otherwise.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Truth
+
+
+def truth(value: Any) -> bool:
+    """Go's ``if`` truth: false, 0, nil, and empty strings, slices and maps are false."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value != 0
+    if isinstance(value, (str, bytes, list, tuple, dict)):
+        return len(value) > 0
+    return True  # structs are always true
+
+
+# --------------------------------------------------------------------------------------------
+# Type names (for error text such as %!d(string=x))
+
+
+def type_name(value: Any) -> str:
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float64"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bytes):
+        return "[]uint8"
+    if isinstance(value, StringerList):
+        return "api.PropertyType"
+    if isinstance(value, (list, tuple)):
+        return "[]interface {}"
+    if isinstance(value, dict):
+        return "map[string]interface {}"
+    if isinstance(value, GoStruct):
+        return value.type.name
+    return type(value).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# Floats
+
+
+def _digits(f: float) -> tuple[str, int]:
+    """Shortest decimal digits of ``abs(f)`` that round-trip, and the decimal point position.
+
+    ``(digits, dp)`` means ``0.<digits> * 10**dp``, as Go's strconv describes it.
+    """
+    d = decimal.Decimal(repr(abs(f))).normalize()
+    sign, digit_tuple, exponent = d.as_tuple()
+    digits = "".join(str(x) for x in digit_tuple)
+    if digits == "0":
+        return "0", 1
+    assert isinstance(exponent, int)
+    return digits, len(digits) + exponent
+
+
+def _fmt_e(neg: bool, digits: str, dp: int, prec: int) -> str:
+    mant = digits[0]
+    if prec > 0:
+        mant += "." + digits[1 : 1 + prec].ljust(prec, "0")
+    exp = dp - 1 if digits != "0" else 0
+    sign = "-" if exp < 0 else "+"
+    exp_text = str(abs(exp)).rjust(2, "0")
+    return ("-" if neg else "") + mant + "e" + sign + exp_text
+
+
+def _fmt_f(neg: bool, digits: str, dp: int, decimals: int) -> str:
+    if dp <= 0:
+        whole = "0"
+        frac = "0" * (-dp) + digits
+    elif dp >= len(digits):
+        whole = digits + "0" * (dp - len(digits))
+        frac = ""
+    else:
+        whole = digits[:dp]
+        frac = digits[dp:]
+    frac = frac[:decimals].ljust(decimals, "0")
+    text = whole + ("." + frac if decimals > 0 else "")
+    return ("-" if neg else "") + text
+
+
+def _special(f: float) -> str | None:
+    if math.isnan(f):
+        return "NaN"
+    if math.isinf(f):
+        return "+Inf" if f > 0 else "-Inf"
+    return None
+
+
+def format_float_v(f: float) -> str:
+    """``fmt.Sprint`` of a float64: shortest digits, exponent form below 1e-4 or from 1e+06 on."""
+    special = _special(f)
+    if special is not None:
+        return special
+    neg = math.copysign(1.0, f) < 0
+    digits, dp = _digits(f)
+    exp = dp - 1
+    if digits != "0" and (exp < -4 or exp >= 6):
+        return _fmt_e(neg, digits, dp, len(digits) - 1)
+    return _fmt_f(neg, digits, dp, max(len(digits) - dp, 0))
+
+
+def format_float_json(f: float) -> str:
+    """``encoding/json`` form of a float64 (plain digits unless tiny or from 1e21 on)."""
+    if math.isnan(f) or math.isinf(f):
+        raise GoValueError(f"json: unsupported value: {_special(f)}")
+    neg = math.copysign(1.0, f) < 0 and f != 0
+    digits, dp = _digits(f)
+    a = abs(f)
+    if a != 0 and (a < 1e-6 or a >= 1e21):
+        text = _fmt_e(neg, digits, dp, len(digits) - 1)
+        # Go tidies e-07 into e-7 (but leaves e+21 alone).
+        if len(text) >= 4 and text[-4] == "e" and text[-3] == "-" and text[-2] == "0":
+            text = text[:-2] + text[-1]
+        return text
+    return _fmt_f(neg, digits, dp, max(len(digits) - dp, 0))
+
+
+# --------------------------------------------------------------------------------------------
+# fmt.Sprint
+
+
+def _map_items(m: dict) -> list[tuple[Any, Any]]:
+    if isinstance(m, OrderedMap):
+        return list(m.items())
+    try:
+        return sorted(m.items(), key=lambda kv: kv[0])
+    except TypeError:
+        return sorted(m.items(), key=lambda kv: str(kv[0]))
+
+
+def sprint_value(value: Any, depth: int = 0) -> str:
+    """``%v`` of one value, the way ``fmt`` prints it (Stringers honoured at every depth)."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return format_float_v(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, StringerList):
+        return stringer_list_text(value)
+    if isinstance(value, (JSONStringMap, JSONStringList)):
+        try:
+            return json_marshal(value)
+        except GoValueError:
+            return ""  # Ollama's String() drops the marshal error
+    if isinstance(value, bytes):
+        return "[" + " ".join(str(b) for b in value) + "]"
+    if isinstance(value, (list, tuple)):
+        return "[" + " ".join(sprint_value(v, depth + 1) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = " ".join(
+            f"{sprint_value(k, depth + 1)}:{sprint_value(v, depth + 1)}" for k, v in _map_items(value)
+        )
+        return "map[" + inner + "]"
+    if isinstance(value, GoStruct):
+        if value.type.stringer is not None:
+            return value.type.stringer(value)
+        return "{" + " ".join(sprint_value(v, depth + 1) for v in value.values) + "}"
+    return str(value)
+
+
+def stringer_list_text(value: Sequence[str]) -> str:
+    if len(value) == 0:
+        return ""
+    if len(value) == 1:
+        return str(value[0])
+    return "[" + " ".join(str(v) for v in value) + "]"
+
+
+def sprint(*args: Any) -> str:
+    """``fmt.Sprint``: spaces go between operands only when neither side is a string."""
+    out: list[str] = []
+    prev_string = True
+    for i, arg in enumerate(args):
+        is_string = isinstance(arg, str)
+        if i > 0 and not is_string and not prev_string:
+            out.append(" ")
+        out.append(sprint_value(arg))
+        prev_string = is_string
+    return "".join(out)
+
+
+def sprintln(*args: Any) -> str:
+    """``fmt.Sprintln``: always a space between operands, and a final newline."""
+    return " ".join(sprint_value(a) for a in args) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# encoding/json
+
+
+_JSON_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\b": "\\b",
+    "\f": "\\f",
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def _json_string(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        esc = _JSON_ESCAPES.get(ch)
+        if esc is not None:
+            out.append(esc)
+        elif ord(ch) < 0x20:
+            out.append(f"\\u{ord(ch):04x}")
+        elif 0xD800 <= ord(ch) <= 0xDFFF:
+            out.append("\ufffd")  # Go replaces invalid UTF-8 / lone surrogates
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _is_empty(value: Any) -> bool:
+    """What ``omitempty`` leaves out."""
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value == 0
+    if isinstance(value, (str, bytes, list, tuple, dict)):
+        return len(value) == 0
+    return False
+
+
+def _json(value: Any, out: list[str]) -> None:
+    if value is None:
+        out.append("null")
+    elif isinstance(value, bool):
+        out.append("true" if value else "false")
+    elif isinstance(value, int):
+        out.append(str(value))
+    elif isinstance(value, float):
+        out.append(format_float_json(value))
+    elif isinstance(value, str):
+        out.append(_json_string(value))
+    elif isinstance(value, bytes):
+        out.append(_json_string(base64.b64encode(value).decode("ascii")))
+    elif isinstance(value, NilSlice):
+        out.append("null")
+    elif isinstance(value, StringerList):
+        if len(value) == 1:
+            _json(value[0], out)
+        else:
+            _json(list(value), out)
+    elif isinstance(value, (list, tuple)):
+        out.append("[")
+        for i, v in enumerate(value):
+            if i:
+                out.append(",")
+            _json(v, out)
+        out.append("]")
+    elif isinstance(value, dict):
+        out.append("{")
+        for i, (k, v) in enumerate(_map_items(value)):
+            if i:
+                out.append(",")
+            out.append(_json_string(k if isinstance(k, str) else sprint_value(k)))
+            out.append(":")
+            _json(v, out)
+        out.append("}")
+    elif isinstance(value, GoStruct):
+        out.append("{")
+        first = True
+        for spec, v in zip(value.type.fields, value.values):
+            if spec.json_name == "-" or (spec.omitempty and _is_empty(v)):
+                continue
+            if not first:
+                out.append(",")
+            first = False
+            out.append(_json_string(spec.json_name or spec.name))
+            out.append(":")
+            _json(v, out)
+        out.append("}")
+    else:
+        raise GoValueError(f"json: unsupported type: {type_name(value)}")
+
+
+def json_marshal(value: Any) -> str:
+    """``json.Marshal`` as Go does it: compact, sorted map keys, HTML characters escaped."""
+    out: list[str] = []
+    _json(value, out)
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# strconv.Quote
+
+
+_QUOTE_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    "\\": "\\\\",
+}
+
+
+def go_quote(s: str, quote: str = '"') -> str:
+    out = [quote]
+    for ch in s:
+        if ch == quote:
+            out.append("\\" + ch)
+        elif ch in _QUOTE_ESCAPES:
+            out.append(_QUOTE_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        elif not ch.isprintable() and ch != " ":
+            code = ord(ch)
+            out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    out.append(quote)
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# fmt.Sprintf
+
+
+def _bad_verb(verb: str, value: Any) -> str:
+    if value is None:
+        return f"%!{verb}(<nil>)"
+    return f"%!{verb}({type_name(value)}={sprint_value(value)})"
+
+
+def _pad(text: str, width: int | None, minus: bool, zero: bool, numeric: bool) -> str:
+    if width is None or len(text) >= width:
+        return text
+    if minus:
+        return text.ljust(width)
+    if zero and numeric:
+        sign = ""
+        if text[:1] in "+-":
+            sign, text = text[0], text[1:]
+        return sign + text.rjust(width - len(sign), "0")
+    return text.rjust(width)
+
+
+def _format_one(verb: str, value: Any, flags: str, width: int | None, prec: int | None) -> str:
+    plus = "+" in flags
+    space = " " in flags
+    sharp = "#" in flags
+    minus = "-" in flags
+    zero = "0" in flags and not minus
+    numeric = False
+
+    def signed(text: str, negative: bool) -> str:
+        if negative:
+            return "-" + text
+        if plus:
+            return "+" + text
+        if space:
+            return " " + text
+        return text
+
+    if verb == "v":
+        if isinstance(value, float):
+            text, numeric = format_float_v(value), True
+            if plus and not text.startswith("-"):
+                text = "+" + text
+        elif isinstance(value, int) and not isinstance(value, bool):
+            text, numeric = signed(str(abs(value)), value < 0), True
+        else:
+            text = sprint_value(value)
+    elif verb == "s":
+        if isinstance(value, (str, StringerList)) or (isinstance(value, GoStruct) and value.type.stringer):
+            text = sprint_value(value)
+        elif isinstance(value, bytes):
+            text = value.decode("utf-8", "replace")
+        elif isinstance(value, (list, tuple, dict, GoStruct)) or value is None:
+            text = sprint_value(value) if value is not None else _bad_verb("s", value)
+        else:
+            return _bad_verb("s", value)
+        if prec is not None:
+            text = text[:prec]
+    elif verb == "q":
+        if isinstance(value, str):
+            text = go_quote(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            text = go_quote(chr(value), "'")
+        else:
+            return _bad_verb("q", value)
+    elif verb == "d":
+        if isinstance(value, int) and not isinstance(value, bool):
+            text, numeric = signed(str(abs(value)), value < 0), True
+        else:
+            return _bad_verb("d", value)
+    elif verb in "boxXc" and isinstance(value, int) and not isinstance(value, bool):
+        if verb == "c":
+            text = chr(value)
+        else:
+            base = {"b": "b", "o": "o", "x": "x", "X": "X"}[verb]
+            text = format(abs(value), base)
+            if sharp:
+                text = {"b": "0b", "o": "0", "x": "0x", "X": "0X"}[verb] + text
+            text, numeric = signed(text, value < 0), True
+    elif verb in "xX" and isinstance(value, (str, bytes)):
+        raw = value.encode("utf-8") if isinstance(value, str) else value
+        text = raw.hex()
+        if verb == "X":
+            text = text.upper()
+    elif verb == "t":
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            return _bad_verb("t", value)
+    elif verb in "eEfFgG":
+        if isinstance(value, float):
+            special = _special(value)
+            if special is not None:
+                text = special
+            elif verb in "gG" and prec is None:
+                text = format_float_v(value)
+                if verb == "G":
+                    text = text.upper()
+            else:
+                p = 6 if prec is None else prec
+                text = ("%." + str(p) + verb) % value
+            if plus and not text.startswith("-"):
+                text = "+" + text
+            elif space and not text.startswith("-"):
+                text = " " + text
+            numeric = True
+        else:
+            return _bad_verb(verb, value)
+    elif verb == "T":
+        text = type_name(value)
+    else:
+        return _bad_verb(verb, value)
+    return _pad(text, width, minus, zero, numeric)
+
+
+def sprintf(fmt: str, *args: Any) -> str:
+    """``fmt.Sprintf`` for the verbs templates use (%v %s %q %d %t %f %e %g %x %c %b %o %T)."""
+    out: list[str] = []
+    argi = 0
+    i = 0
+    n = len(fmt)
+    while i < n:
+        ch = fmt[i]
+        if ch != "%":
+            j = fmt.find("%", i)
+            if j < 0:
+                j = n
+            out.append(fmt[i:j])
+            i = j
+            continue
+        i += 1
+        if i >= n:
+            out.append("%!(NOVERB)")
+            break
+        flags = ""
+        while i < n and fmt[i] in "+-# 0":
+            flags += fmt[i]
+            i += 1
+        width: int | None = None
+        if i < n and fmt[i] == "*":
+            i += 1
+            if argi < len(args) and isinstance(args[argi], int):
+                width = args[argi]
+                if width < 0:
+                    flags += "-"
+                    width = -width
+            else:
+                out.append("%!(BADWIDTH)")
+            argi += 1
+        else:
+            start = i
+            while i < n and fmt[i].isdigit():
+                i += 1
+            if i > start:
+                width = int(fmt[start:i])
+        prec: int | None = None
+        if i < n and fmt[i] == ".":
+            i += 1
+            if i < n and fmt[i] == "*":
+                i += 1
+                if argi < len(args) and isinstance(args[argi], int):
+                    prec = args[argi]
+                else:
+                    out.append("%!(BADPREC)")
+                argi += 1
+            else:
+                start = i
+                while i < n and fmt[i].isdigit():
+                    i += 1
+                prec = int(fmt[start:i]) if i > start else 0
+        if i >= n:
+            out.append("%!(NOVERB)")
+            break
+        verb = fmt[i]
+        i += 1
+        if verb == "%":
+            out.append("%")
+            continue
+        if argi >= len(args):
+            out.append(f"%!{verb}(MISSING)")
+            continue
+        out.append(_format_one(verb, args[argi], flags, width, prec))
+        argi += 1
+    if argi < len(args):
+        extra = ", ".join(
+            f"{type_name(a)}={sprint_value(a)}" if a is not None else "<nil>" for a in args[argi:]
+        )
+        out.append(f"%!(EXTRA {extra})")
+    return "".join(out)

@@ -1,0 +1,146 @@
+"""What the native and the OpenAI routes share: model lookup, leases, and the event stream.
+
+There is one inference path. ``/api/generate``, ``/api/chat`` and ``/v1/*`` all resolve a model,
+take a lease from the scheduler and read the same runner events through :func:`run_job`; they
+differ only in how they shape requests and chunks. Errors are raised as :class:`APIError` with
+Ollama's status codes and messages; each route decides how they look on the wire.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Mapping
+
+import trio
+
+from trillama.actors.model import Lease, LoadFailed, ModelGone, ServerBusy
+from trillama.actors.runner.messages import Done, Failed, GenerateJob, Piece
+from trillama.api.context import services
+from trillama.api.errors import SERVER_BUSY, APIError
+from trillama.durations import DurationError, parse_keep_alive
+from trillama.logs import get_logger
+
+__all__ = [
+    "resolve_model",
+    "model_lease",
+    "run_job",
+    "parse_keep_alive_field",
+    "coerce_request_options",
+    "now_rfc3339",
+    "Timer",
+]
+
+log = get_logger("trillama.api.completion")
+
+
+def now_rfc3339() -> str:
+    """UTC time as Go's ``time.Time`` JSON would print it (RFC 3339 with nanoseconds, ``Z``)."""
+    now = time.time_ns()
+    seconds, nanos = divmod(now, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    frac = f"{nanos:09d}".rstrip("0")
+    return f"{stamp}.{frac}Z" if frac else f"{stamp}Z"
+
+
+class Timer:
+    """Request-relative durations in nanoseconds, as Ollama reports them."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter_ns()
+        self.loaded: int | None = None
+
+    def mark_loaded(self) -> None:
+        self.loaded = time.perf_counter_ns()
+
+    @property
+    def load_duration(self) -> int:
+        return (self.loaded or time.perf_counter_ns()) - self.started
+
+    @property
+    def total_duration(self) -> int:
+        return time.perf_counter_ns() - self.started
+
+
+def resolve_model(name: str | None, *, empty_status: int = 404, empty_message: str | None = None) -> Any:
+    """The stored model for ``name``, or the 400/404 Ollama answers for it."""
+    from trillama.store import InvalidName, ModelNotFound
+
+    store = services().store
+    if not name:
+        raise APIError(empty_status, empty_message or f"model '{name or ''}' not found")
+    try:
+        return store.resolve(name)
+    except InvalidName:
+        raise APIError(400, "invalid model name") from None
+    except ModelNotFound:
+        raise APIError(404, f"model '{name}' not found") from None
+
+
+def parse_keep_alive_field(value: Any) -> float | None:
+    try:
+        return parse_keep_alive(value)
+    except DurationError as exc:
+        raise APIError(400, str(exc)) from None
+
+
+def coerce_request_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate request ``options`` with Ollama's messages; unknown keys are dropped."""
+    from trillama.store.options import OptionError, coerce_options
+
+    if not options:
+        return {}
+    if not isinstance(options, Mapping):
+        raise APIError(400, "json: cannot unmarshal into Go struct field .options of type map[string]interface {}")
+    try:
+        return dict(coerce_options(options))
+    except OptionError as exc:
+        raise APIError(400, str(exc)) from None
+
+
+@asynccontextmanager
+async def model_lease(
+    record: Any, options: Mapping[str, Any], keep_alive: float | None, timer: Timer | None = None
+) -> AsyncIterator[Lease]:
+    """Hold a loaded model for the duration of the block, mapping scheduler errors to HTTP."""
+    scheduler = services().scheduler
+    assert scheduler is not None
+    try:
+        lease = await scheduler.acquire(record, options, keep_alive)
+    except ServerBusy:
+        raise APIError(503, SERVER_BUSY, headers={"Retry-After": "1"}) from None
+    except LoadFailed as exc:
+        raise APIError(500, str(exc)) from None
+    except ModelGone as exc:
+        raise APIError(503, f"model {exc} is unloading, please try again", headers={"Retry-After": "1"}) from None
+    except trio.Cancelled:
+        log.info("request_canceled", status=499, model=record.name.display)
+        raise
+    if timer is not None:
+        timer.mark_loaded()
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+async def run_job(lease: Lease, job: GenerateJob) -> AsyncIterator[Piece | Done]:
+    """The runner's events for ``job``; a failure becomes an ``APIError`` with the right status."""
+    try:
+        async with lease.generate(job) as events:
+            async for event in events:
+                if isinstance(event, Failed):
+                    raise APIError(_failure_status(event.kind), event.message)
+                yield event
+                if isinstance(event, Done):
+                    return
+    except ModelGone:
+        raise APIError(503, "model was unloaded, please try again", headers={"Retry-After": "1"}) from None
+    except LoadFailed as exc:
+        raise APIError(500, str(exc)) from None
+    raise APIError(500, "model runner ended the request without a result")
+
+
+def _failure_status(kind: str) -> int:
+    return 400 if kind in ("context_exceeded", "bad_grammar", "bad_request") else 500

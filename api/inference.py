@@ -1,0 +1,401 @@
+"""Native inference routes: ``/api/generate``, ``/api/chat``, ``/api/embed``, ``/api/embeddings``, ``/api/ps``.
+
+Each handler validates the request, then hands an async generator of Ollama-shaped chunks to
+:func:`~trillama.api.streaming.stream_or_collect`. The generator takes the model lease itself, so
+every error that happens before the first chunk (unknown model, full queue, failed load) still
+reaches the client as a real status code, and the lease is released however the stream ends.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from typing import Any, AsyncIterator
+
+import attrs
+from quart import Blueprint, Response, request
+
+from trillama.actors.runner.messages import Done, Piece, RunnerRequestError
+from trillama.actors.sampling import job_from_options
+from trillama.actors.structured import FormatError, grammar_for_format
+from trillama.api.completion import (
+    Timer,
+    coerce_request_options,
+    model_lease,
+    now_rfc3339,
+    parse_keep_alive_field,
+    resolve_model,
+    run_job,
+)
+from trillama.api.context import services
+from trillama.api.decode import read_request
+from trillama.api.errors import APIError
+from trillama.api.prompting import ChatPrompt, build_chat_prompt, build_generate_prompt, check_think
+from trillama.api.streaming import json_response, stream_or_collect
+
+__all__ = ["blueprint"]
+
+blueprint = Blueprint("inference", __name__)
+
+
+# ----------------------------------------------------------------------------- request bodies
+@attrs.define
+class GenerateRequest:
+    model: str = ""
+    prompt: str = ""
+    suffix: str = ""
+    system: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    stream: bool = True
+    raw: bool = False
+    format: Any = None
+    keep_alive: Any = None
+    images: list[str] | None = None
+    options: dict[str, Any] | None = None
+    think: Any = None
+    truncate: bool = True
+    shift: bool = True
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@attrs.define
+class ChatRequest:
+    model: str = ""
+    messages: list[dict[str, Any]] = attrs.field(factory=list)
+    stream: bool = True
+    format: Any = None
+    keep_alive: Any = None
+    tools: list[dict[str, Any]] | None = None
+    options: dict[str, Any] | None = None
+    think: Any = None
+    truncate: bool = True
+    shift: bool = True
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@attrs.define
+class EmbedRequest:
+    model: str = ""
+    input: Any = None
+    truncate: bool = True
+    dimensions: int = 0
+    keep_alive: Any = None
+    options: dict[str, Any] | None = None
+
+
+@attrs.define
+class EmbeddingsRequest:
+    model: str = ""
+    prompt: str = ""
+    keep_alive: Any = None
+    options: dict[str, Any] | None = None
+
+
+# ----------------------------------------------------------------------------- shared pieces
+def _check_images(images: list[str] | None, record: Any) -> list[bytes]:
+    decoded = []
+    for image in images or []:
+        try:
+            decoded.append(base64.b64decode(image, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise APIError(400, f"illegal base64 data at input byte 0 ({exc})") from None
+    if decoded and "vision" not in (record.capabilities or []):
+        raise APIError(400, f'"{record.name.display}" does not support images (the model has no vision projector)')
+    return decoded
+
+
+def _check_top_logprobs(n: int) -> None:
+    if not 0 <= n <= 20:
+        raise APIError(400, "top_logprobs must be between 0 and 20")
+
+
+def _grammar(fmt: Any) -> str | None:
+    try:
+        return grammar_for_format(fmt)
+    except FormatError as exc:
+        raise APIError(400, str(exc)) from None
+
+
+def _metrics(done: Done, timer: Timer) -> dict[str, Any]:
+    fields = {
+        "total_duration": timer.total_duration,
+        "load_duration": timer.load_duration,
+        "prompt_eval_count": done.prompt_eval_count,
+        "prompt_eval_duration": done.prompt_eval_duration_ns,
+        "eval_count": done.eval_count,
+        "eval_duration": done.eval_duration_ns,
+    }
+    return {k: v for k, v in fields.items() if v}  # Ollama omits zero metrics
+
+
+def _merge_options(record: Any, request_options: dict[str, Any]) -> dict[str, Any]:
+    return {**(record.parameters or {}), **request_options}
+
+
+# ----------------------------------------------------------------------------- /api/generate
+@blueprint.post("/api/generate")
+async def generate() -> Response:
+    timer = Timer()
+    req = await read_request(request, GenerateRequest)
+    _check_top_logprobs(req.top_logprobs)
+    record = resolve_model(req.model)
+    keep_alive = parse_keep_alive_field(req.keep_alive)
+    options = coerce_request_options(req.options)
+    scheduler = services().scheduler
+    assert scheduler is not None
+
+    if not req.prompt and not req.images and keep_alive == 0:
+        await scheduler.unload(record)
+        return json_response({"model": req.model, "created_at": now_rfc3339(), "response": "",
+                              "done": True, "done_reason": "unload"})
+    if req.raw and (req.template or req.system or req.context):
+        raise APIError(400, "raw mode does not support template, system, or context")
+    caps = record.capabilities or []
+    if "completion" not in caps:
+        raise APIError(400, f'"{req.model}" does not support generate')
+    if req.suffix and "insert" not in caps:
+        raise APIError(400, f"{record.name.display} does not support insert")
+    think = check_think(req.think, record, req.model)
+    images = _check_images(req.images, record)
+    grammar = _grammar(req.format)
+
+    async def chunks() -> AsyncIterator[dict]:
+        merged = _merge_options(record, options)
+        async with model_lease(record, merged, keep_alive, timer) as lease:
+            if not req.prompt and not images:
+                yield {"model": req.model, "created_at": now_rfc3339(), "response": "", "done": True,
+                       "done_reason": "load"}
+                return
+            prompt = build_generate_prompt(record, req.prompt, system=req.system, template=req.template,
+                                           suffix=req.suffix, raw=req.raw, has_context=bool(req.context),
+                                           images=len(images), think=think)
+            job = job_from_options(merged, prompt=prompt, prompt_tokens=req.context or None,
+                                   grammar=grammar, logprobs=req.logprobs or req.top_logprobs > 0,
+                                   top_logprobs=req.top_logprobs, num_ctx=lease.actor.num_ctx and
+                                   min(int(merged.get("num_ctx") or lease.actor.num_ctx), lease.actor.num_ctx),
+                                   shift=req.shift)
+            async for event in run_job(lease, job):
+                if isinstance(event, Piece):
+                    chunk = {"model": req.model, "created_at": now_rfc3339(), "response": event.text,
+                             "done": False}
+                    if event.logprobs:
+                        chunk["logprobs"] = event.logprobs
+                    yield chunk
+                else:
+                    final = {"model": req.model, "created_at": now_rfc3339(), "response": "", "done": True,
+                             "done_reason": event.done_reason}
+                    if not req.raw:
+                        final["context"] = event.context
+                    final.update(_metrics(event, timer))
+                    yield final
+
+    def collect(items: list[dict]) -> dict:
+        final = dict(items[-1])
+        final["response"] = "".join(c.get("response", "") for c in items)
+        logprobs = [lp for c in items for lp in c.get("logprobs", [])]
+        if logprobs:
+            final["logprobs"] = logprobs
+        return final
+
+    return await stream_or_collect(chunks(), req.stream, collect)
+
+
+# ----------------------------------------------------------------------------- /api/chat
+@blueprint.post("/api/chat")
+async def chat() -> Response:
+    timer = Timer()
+    req = await read_request(request, ChatRequest)
+    _check_top_logprobs(req.top_logprobs)
+    record = resolve_model(req.model, empty_status=400, empty_message="model is required")
+    keep_alive = parse_keep_alive_field(req.keep_alive)
+    options = coerce_request_options(req.options)
+    scheduler = services().scheduler
+    assert scheduler is not None
+
+    if not req.messages and keep_alive == 0:
+        await scheduler.unload(record)
+        return json_response({"model": req.model, "created_at": now_rfc3339(),
+                              "message": {"role": "assistant", "content": ""}, "done": True,
+                              "done_reason": "unload"})
+    caps = record.capabilities or []
+    if "completion" not in caps:
+        raise APIError(400, f'"{req.model}" does not support chat')
+    if req.tools and "tools" not in caps:
+        raise APIError(400, f"{record.name.display} does not support tools")
+    think = check_think(req.think, record, req.model)
+    for message in req.messages:
+        if not isinstance(message, dict):
+            raise APIError(400, "json: cannot unmarshal into Go struct field ChatRequest.messages of type api.Message")
+        _check_images(message.get("images"), record)
+    grammar = _grammar(req.format)
+
+    async def chunks() -> AsyncIterator[dict]:
+        merged = _merge_options(record, options)
+        async with model_lease(record, merged, keep_alive, timer) as lease:
+            if not req.messages:
+                yield {"model": req.model, "created_at": now_rfc3339(),
+                       "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"}
+                return
+            num_ctx = min(int(merged.get("num_ctx") or lease.actor.num_ctx), lease.actor.num_ctx)
+            prompt: ChatPrompt = await build_chat_prompt(
+                record, req.messages, tools=req.tools, think=think, truncate=req.truncate,
+                num_ctx=num_ctx, count_tokens=lease.tokenize,
+            )
+            job = job_from_options(merged, prompt=prompt.text, grammar=grammar,
+                                   logprobs=req.logprobs or req.top_logprobs > 0,
+                                   top_logprobs=req.top_logprobs, num_ctx=num_ctx, shift=req.shift)
+            parser = prompt.output_parser()
+            async for event in run_job(lease, job):
+                if isinstance(event, Piece):
+                    for message in parser.feed(event.text):
+                        chunk = {"model": req.model, "created_at": now_rfc3339(), "message": message,
+                                 "done": False}
+                        if event.logprobs:
+                            chunk["logprobs"] = event.logprobs
+                        yield chunk
+                else:
+                    for message in parser.flush():
+                        yield {"model": req.model, "created_at": now_rfc3339(), "message": message,
+                               "done": False}
+                    final = {"model": req.model, "created_at": now_rfc3339(),
+                             "message": {"role": "assistant", "content": ""}, "done": True,
+                             "done_reason": event.done_reason}
+                    final.update(_metrics(event, timer))
+                    yield final
+
+    def collect(items: list[dict]) -> dict:
+        final = dict(items[-1])
+        message: dict[str, Any] = {"role": "assistant", "content": ""}
+        thinking = ""
+        tool_calls: list = []
+        logprobs: list = []
+        for c in items:
+            m = c.get("message", {})
+            message["content"] += m.get("content", "")
+            thinking += m.get("thinking", "") or ""
+            tool_calls.extend(m.get("tool_calls", []) or [])
+            logprobs.extend(c.get("logprobs", []))
+        if thinking:
+            message["thinking"] = thinking
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        final["message"] = message
+        if logprobs:
+            final["logprobs"] = logprobs
+        return final
+
+    return await stream_or_collect(chunks(), req.stream, collect)
+
+
+# ----------------------------------------------------------------------------- embeddings
+def _normalise(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else list(vector)
+
+
+def _check_finite(vectors: list[list[float]]) -> None:
+    for vector in vectors:
+        if any(math.isnan(x) or math.isinf(x) for x in vector):
+            raise APIError(400, "embedding contains NaN or Inf values")
+
+
+async def embed_inputs(record: Any, inputs: list[str], *, truncate: bool, options: dict, keep_alive: Any,
+                       timer: Timer) -> tuple[list[list[float]], int]:
+    """Embed ``inputs`` with ``record``'s model; returns raw vectors and the total token count."""
+    async with model_lease(record, _merge_options(record, options), keep_alive, timer) as lease:
+        if not inputs:
+            return [], 0
+        try:
+            vectors, counts = await lease.embed(inputs, truncate)
+        except RunnerRequestError as exc:  # e.g. over-long input with truncate off
+            if exc.kind == "context_exceeded":
+                raise APIError(400, "the input length exceeds the context length") from None
+            raise APIError(500, str(exc)) from None
+    _check_finite(vectors)
+    return vectors, sum(counts)
+
+
+@blueprint.post("/api/embed")
+async def embed() -> Response:
+    timer = Timer()
+    req = await read_request(request, EmbedRequest)
+    record = resolve_model(req.model)
+    keep_alive = parse_keep_alive_field(req.keep_alive)
+    options = coerce_request_options(req.options)
+    if req.input is None or req.input == "":
+        inputs: list[str] = []
+    elif isinstance(req.input, str):
+        inputs = [req.input]
+    elif isinstance(req.input, list) and all(isinstance(x, str) for x in req.input):
+        inputs = list(req.input)
+    else:
+        raise APIError(400, "invalid input type")
+    if req.dimensions < 0:
+        raise APIError(400, "dimensions must be a positive number")
+    vectors, tokens = await embed_inputs(record, inputs, truncate=req.truncate, options=options,
+                                         keep_alive=keep_alive, timer=timer)
+    out = []
+    for vector in vectors:
+        vector = _normalise(vector)
+        if 0 < req.dimensions < len(vector):
+            vector = _normalise(vector[: req.dimensions])
+        out.append(vector)
+    body: dict[str, Any] = {"model": req.model, "embeddings": out}
+    if out:
+        body.update(total_duration=timer.total_duration, load_duration=timer.load_duration,
+                    prompt_eval_count=tokens)
+    return json_response(body)
+
+
+@blueprint.post("/api/embeddings")
+async def embeddings() -> Response:
+    timer = Timer()
+    req = await read_request(request, EmbeddingsRequest)
+    record = resolve_model(req.model, empty_status=400, empty_message="model is required")
+    keep_alive = parse_keep_alive_field(req.keep_alive)
+    options = coerce_request_options(req.options)
+    inputs = [req.prompt] if req.prompt else []
+    vectors, _ = await embed_inputs(record, inputs, truncate=True, options=options, keep_alive=keep_alive,
+                                    timer=timer)
+    return json_response({"embedding": vectors[0] if vectors else []})
+
+
+# ----------------------------------------------------------------------------- /api/ps
+def _rfc3339_local(ts: float | None) -> str:
+    from datetime import datetime
+
+    if ts is None:  # forever: Ollama shows a date ~292 years ahead
+        ts = 253402300799.0  # 9999-12-31T23:59:59Z, the last instant RFC 3339 can write
+    return datetime.fromtimestamp(ts).astimezone().isoformat()
+
+
+@blueprint.route("/api/ps", methods=["GET"])
+async def ps() -> Response:
+    scheduler = services().scheduler
+    assert scheduler is not None
+    models = [
+        {
+            "name": row.name,
+            "model": row.name,
+            "size": row.size,
+            "digest": row.digest,
+            "details": {**row.details, "parent_model": ""},
+            "expires_at": _rfc3339_local(row.expires_at),
+            "size_vram": row.size_vram,
+            "context_length": row.context_length,
+        }
+        for row in scheduler.loaded()
+    ]
+    return json_response({"models": models})
+
+
+@blueprint.route("/api/runners", methods=["GET"])
+async def runners() -> Response:
+    """trillama's view under the hood: each loaded model's runner process and its slots."""
+    scheduler = services().scheduler
+    assert scheduler is not None
+    return json_response({"runners": await scheduler.runner_states()})

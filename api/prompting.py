@@ -1,0 +1,169 @@
+"""From a request to the prompt text, and from output text back to message chunks.
+
+The template machinery lives in :mod:`trillama.actors.prompt`; this module applies it to a stored
+model (its TEMPLATE or GGUF chat template, SYSTEM and MESSAGEs) the way Ollama's handlers do, and
+turns template problems and ``think`` values into Ollama's 400s.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable, Iterator, Sequence
+
+import attrs
+
+from trillama.actors.prompt.messages import Message
+from trillama.actors.prompt.render import PromptFormat, TemplateError, truncate_messages
+from trillama.actors.prompt.thinking import ThinkingSplitter, prompt_opens_thinking
+from trillama.actors.prompt.toolcalls import ToolCallParser
+from trillama.api.errors import APIError
+
+__all__ = ["prompt_format", "build_generate_prompt", "build_chat_prompt", "ChatPrompt", "check_think",
+           "parse_messages"]
+
+_THINK_LEVELS = ("high", "medium", "low", "max")
+
+
+def prompt_format(record: Any) -> PromptFormat:
+    info = record.gguf_info()
+    history = tuple(Message.from_json(m) for m in (record.messages or []))
+    return PromptFormat(
+        template=record.template,
+        chat_template=getattr(info, "chat_template", None),
+        # The runner adds BOS as the tokenizer says; rendering it too would double it.
+        bos_token="",
+        eos_token=getattr(info, "eos_token", None) or "",
+        system=record.system,
+        history=history,
+    )
+
+
+def check_think(value: Any, record: Any, model: str) -> bool | str | None:
+    """Ollama's ``think`` rules: validate, default on for thinking models, 400 for the others."""
+    if value is None:
+        return True if "thinking" in (record.capabilities or []) else None
+    if isinstance(value, str):
+        if value not in _THINK_LEVELS:
+            raise APIError(400, f'invalid think value: "{value}" (must be "high", "medium", "low", "max", true, or false)')
+    elif not isinstance(value, bool):
+        raise APIError(400, 'think must be a boolean or string ("high", "medium", "low", "max", true, or false)')
+    if value and "thinking" not in (record.capabilities or []):
+        raise APIError(400, f'"{model}" does not support thinking')
+    return value
+
+
+def parse_messages(raw: Sequence[dict[str, Any]]) -> list[Message]:
+    messages = []
+    for item in raw:
+        message = Message.from_json(item)
+        if message.role not in ("system", "user", "assistant", "tool"):
+            raise APIError(400, f'invalid role "{message.role}": must be one of system, user, assistant, tool')
+        messages.append(message)
+    return messages
+
+
+def build_generate_prompt(record: Any, prompt: str, *, system: str | None, template: str | None, suffix: str,
+                          raw: bool, has_context: bool, images: int, think: bool | str | None) -> str:
+    if raw:
+        return prompt
+    fmt = prompt_format(record)
+    if template:
+        fmt = attrs.evolve(fmt, template=template)
+    try:
+        return fmt.render_generate(prompt, suffix=suffix, system=system, has_context=has_context,
+                                   images=[b""] * images, think=think)
+    except TemplateError as exc:
+        raise APIError(400, f"template error: {exc}") from None
+
+
+@attrs.define
+class OutputParser:
+    """Splits streamed model text into ``message`` dicts: thinking, content, and whole tool calls."""
+
+    thinking: ThinkingSplitter | None
+    tools: ToolCallParser | None
+    _calls: int = 0
+
+    def _messages(self, thinking: str, content: str, flush: bool) -> Iterator[dict[str, Any]]:
+        calls: list = []
+        if self.tools is not None:
+            parsed = self.tools.feed(content)
+            content, calls = parsed.content, list(parsed.calls)
+            if flush:
+                rest = self.tools.flush()
+                content, calls = content + rest.content, calls + list(rest.calls)
+        if thinking or content:
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if thinking:
+                message["thinking"] = thinking
+            yield message
+        if calls:
+            # A tool call travels whole, in a chunk of its own, with empty content (as Ollama sends it).
+            out = []
+            for call in calls:
+                data = call.as_json()
+                data["function"]["index"] = self._calls
+                self._calls += 1
+                out.append(data)
+            yield {"role": "assistant", "content": "", "tool_calls": out}
+
+    def feed(self, text: str) -> Iterator[dict[str, Any]]:
+        thinking, content = "", text
+        if self.thinking is not None:
+            split = self.thinking.feed(text)
+            thinking, content = split.thinking, split.content
+        return self._messages(thinking, content, flush=False)
+
+    def flush(self) -> Iterator[dict[str, Any]]:
+        thinking, content = "", ""
+        if self.thinking is not None:
+            split = self.thinking.flush()
+            thinking, content = split.thinking, split.content
+        return self._messages(thinking, content, flush=True)
+
+
+@attrs.frozen
+class ChatPrompt:
+    text: str
+    fmt: PromptFormat
+    tools: list[dict[str, Any]] | None
+    think: bool | str | None
+
+    def output_parser(self) -> OutputParser:
+        thinking = None
+        if self.think:
+            opening, closing = self.fmt.thinking_tags()
+            if opening and closing:
+                thinking = ThinkingSplitter(opening, closing,
+                                            started=prompt_opens_thinking(self.text, opening))
+        tools = ToolCallParser(self.tools, self.fmt.tool_call_tag()) if self.tools else None
+        return OutputParser(thinking=thinking, tools=tools)
+
+
+async def build_chat_prompt(
+    record: Any,
+    raw_messages: Sequence[dict[str, Any]],
+    *,
+    tools: list[dict[str, Any]] | None,
+    think: bool | str | None,
+    truncate: bool,
+    num_ctx: int,
+    count_tokens: Callable[[str], Awaitable[list[int]]],
+) -> ChatPrompt:
+    """Assemble (Modelfile SYSTEM and MESSAGEs), truncate to ``num_ctx`` and render."""
+    fmt = prompt_format(record)
+    messages = fmt.chat_messages(parse_messages(raw_messages))
+
+    def render(msgs: Sequence[Message]) -> str:
+        return fmt.render(msgs, tools=tools, think=think)
+
+    async def count(text: str) -> int:
+        return len(await count_tokens(text))
+
+    try:
+        if truncate:
+            text = (await truncate_messages(messages, count, num_ctx, render=render)).prompt
+        else:
+            text = render(messages)
+    except TemplateError as exc:
+        raise APIError(400, f"template error: {exc}") from None
+    return ChatPrompt(text=text, fmt=fmt, tools=tools, think=think)

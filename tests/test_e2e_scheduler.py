@@ -1,0 +1,281 @@
+"""The scheduler and model actors, end to end: real server, real runner processes, real models.
+
+Nothing here asserts on timing. Where a test needs the server to reach a state (a slot freed, a
+model unloaded) it polls the server's own report of that state with a generous deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+import trio
+
+from conftest import upload_and_create
+
+SMOL = "smollm2:135m"
+GEMMA = "gemma3:270m"
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached")
+
+
+def runners(client: httpx.Client) -> list[dict]:
+    r = client.get("/api/runners")
+    assert r.status_code == 200
+    return r.json()["runners"]
+
+
+def runner_pid(client: httpx.Client, name: str) -> int | None:
+    for row in runners(client):
+        if row["name"] == name and row["state"] == "ready":
+            return row["pid"]
+    return None
+
+
+def model_blob(client: httpx.Client, name: str) -> str:
+    """The GGUF blob path, as ``/api/show``'s modelfile names it in its FROM line."""
+    modelfile = client.post("/api/show", json={"model": name}).json()["modelfile"]
+    return modelfile.split("\nFROM ", 1)[1].split("\n", 1)[0].strip()
+
+
+def ndjson(response: httpx.Response) -> list[dict]:
+    return [json.loads(line) for line in response.iter_lines() if line.strip()]
+
+
+def test_generate_streams_and_reports_metrics(server):
+    with server.client() as client:
+        with client.stream("POST", "/api/generate", json={
+            "model": SMOL, "prompt": "Count to five.", "options": {"temperature": 0, "num_predict": 12},
+        }) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("application/x-ndjson")
+            chunks = ndjson(r)
+    assert all(not c["done"] for c in chunks[:-1])
+    final = chunks[-1]
+    assert final["done"] is True and final["done_reason"] == "length"
+    assert final["eval_count"] == 12
+    for field in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
+                  "eval_duration", "context", "created_at"):
+        assert field in final, field
+    assert "".join(c["response"] for c in chunks)
+
+
+def test_ps_load_and_unload(server):
+    with server.client() as client:
+        assert client.get("/api/ps").json() == {"models": []}
+        r = client.post("/api/generate", json={"model": SMOL})
+        assert r.json()["done_reason"] == "load"
+        models = client.get("/api/ps").json()["models"]
+        assert [m["name"] for m in models] == [SMOL]
+        row = models[0]
+        for field in ("name", "model", "size", "size_vram", "digest", "details", "expires_at", "context_length"):
+            assert field in row, field
+        # honest size: at least the weights plus a KV cache, nothing on a GPU on this machine
+        assert row["size"] > os.path.getsize(model_blob(client, SMOL))
+        assert row["size_vram"] == 0
+        pid = runner_pid(client, SMOL)
+        assert pid and psutil.pid_exists(pid)
+        r = client.post("/api/generate", json={"model": SMOL, "keep_alive": 0})
+        assert r.json()["done_reason"] == "unload"
+        assert client.get("/api/ps").json() == {"models": []}
+        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+
+
+def test_keep_alive_expiry(server):
+    with server.client() as client:
+        client.post("/api/generate", json={"model": SMOL, "keep_alive": "1s"})
+        assert client.get("/api/ps").json()["models"]
+        wait_for(lambda: client.get("/api/ps").json()["models"] == [], timeout=30)
+
+
+def test_smaller_num_ctx_reuses_runner_larger_reloads(server):
+    with server.client() as client:
+        body = {"model": SMOL, "prompt": "Hi", "options": {"num_predict": 2, "num_ctx": 2048}}
+        assert client.post("/api/generate", json={**body, "stream": False}).status_code == 200
+        pid = runner_pid(client, SMOL)
+        body["options"]["num_ctx"] = 1024
+        assert client.post("/api/generate", json={**body, "stream": False}).status_code == 200
+        assert runner_pid(client, SMOL) == pid
+        body["options"]["num_ctx"] = 4096
+        assert client.post("/api/generate", json={**body, "stream": False}).status_code == 200
+        new_pid = wait_for(lambda: runner_pid(client, SMOL))
+        assert new_pid != pid
+        assert client.get("/api/ps").json()["models"][0]["context_length"] == 4096
+
+
+def test_client_disconnect_frees_slot(start_server):
+    server = start_server({"OLLAMA_NUM_PARALLEL": "2"})
+    with server.client() as client:
+        with client.stream("POST", "/api/generate", json={
+            "model": SMOL, "prompt": "Write a long story about a dragon.", "options": {"num_predict": 2000},
+        }) as r:
+            lines = r.iter_lines()
+            for _ in range(3):
+                next(lines)
+            busy = [s for row in runners(client) for s in row["slots"] if s["busy"]]
+            assert len(busy) == 1
+        # the response is closed: the runner must free the slot at its next decode step
+        wait_for(lambda: all(not s["busy"] for row in runners(client) for s in row["slots"]))
+        assert runners(client)[0]["refcount"] == 0
+
+
+def test_runner_killed_mid_stream(start_server):
+    server = start_server({"OLLAMA_NUM_PARALLEL": "1"})
+    with server.client() as client:
+        client.post("/api/generate", json={"model": GEMMA})  # load the other model
+        gemma_pid = runner_pid(client, GEMMA)
+        results: dict[str, list[dict]] = {}
+
+        async def gemma_stream() -> None:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as ac:
+                async with ac.stream("POST", "/api/generate", json={
+                    "model": GEMMA, "prompt": "Tell me about the sea.",
+                    "options": {"num_predict": 60, "temperature": 0}}) as r:
+                    results["gemma"] = [json.loads(x) async for x in r.aiter_lines() if x.strip()]
+
+        async def smol_stream_then_kill() -> None:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as ac:
+                async with ac.stream("POST", "/api/generate", json={
+                    "model": SMOL, "prompt": "Tell me a long story.", "options": {"num_predict": 3000}}) as r:
+                    chunks = []
+                    async for line in r.aiter_lines():
+                        if not line.strip():
+                            continue
+                        chunks.append(json.loads(line))
+                        if len(chunks) == 3:
+                            pid = runner_pid(client, SMOL)
+                            os.kill(pid, signal.SIGKILL)
+                    results["smol"] = chunks
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(gemma_stream)
+                nursery.start_soon(smol_stream_then_kill)
+
+        trio.run(main)
+        assert "error" in results["smol"][-1], results["smol"][-1]
+        assert "unexpectedly stopped" in results["smol"][-1]["error"]
+        assert results["gemma"][-1]["done"] is True and results["gemma"][-1]["eval_count"] == 60
+        assert runner_pid(client, GEMMA) == gemma_pid
+        # the next request to the killed model reloads it
+        r = client.post("/api/generate", json={"model": SMOL, "prompt": "Hi", "stream": False,
+                                               "options": {"num_predict": 3}})
+        assert r.status_code == 200 and r.json()["done"] is True
+
+
+def test_corrupt_gguf_fails_cleanly(start_server, models_dir):
+    server = start_server()
+    with server.client() as client:
+        # a copy of the model whose weights blob is then damaged on disk
+        blob = model_blob(client, SMOL)
+        assert os.path.exists(blob)
+        data = open(blob, "rb").read()
+        broken = models_dir / "broken.gguf"
+        broken.write_bytes(data[: len(data) // 3])
+        # the store rejects non-GGUF files, but a truncated GGUF still has a valid header
+        upload_and_create(client, "broken:latest", broken)
+        r = client.post("/api/generate", json={"model": "broken", "prompt": "Hi", "stream": False})
+        assert r.status_code == 500
+        assert r.json()["error"]
+        assert client.get("/").status_code == 200
+        r = client.post("/api/generate", json={"model": SMOL, "prompt": "Hi", "stream": False,
+                                               "options": {"num_predict": 2}})
+        assert r.status_code == 200
+
+
+def test_two_models_under_a_budget_that_fits_one(start_server):
+    server = start_server({"TRILLAMA_MEMORY_LIMIT": "1300MiB", "OLLAMA_NUM_PARALLEL": "1"})
+    outcomes: list[tuple[str, int, dict]] = []
+
+    async def one(ac: httpx.AsyncClient, model: str, i: int) -> None:
+        r = await ac.post("/api/generate", json={"model": model, "prompt": f"Say {i}.", "stream": False,
+                                                 "options": {"num_predict": 5}})
+        outcomes.append((model, r.status_code, r.json()))
+
+    async def main() -> None:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as ac:
+            for round_ in range(3):
+                async with trio.open_nursery() as nursery:
+                    for model in (SMOL, GEMMA):
+                        nursery.start_soon(one, ac, model, round_)
+
+    trio.run(main)
+    assert len(outcomes) == 6
+    assert all(status == 200 and body["done"] for _, status, body in outcomes), outcomes
+    assert {m for m, _, _ in outcomes} == {SMOL, GEMMA}
+    log = server.log_text()
+    assert log.count('"model_evicted"') >= 2
+    with server.client() as client:
+        assert len(client.get("/api/ps").json()["models"]) == 1
+
+
+def test_overload_gets_503_and_accepted_requests_complete(start_server):
+    slots, queue = 2, 2
+    server = start_server({"OLLAMA_NUM_PARALLEL": str(slots), "OLLAMA_MAX_QUEUE": str(queue)})
+    with server.client() as client:
+        client.post("/api/generate", json={"model": SMOL})
+    statuses: list[int] = []
+    bodies: list = []
+
+    async def one(ac: httpx.AsyncClient) -> None:
+        r = await ac.post("/api/generate", json={"model": SMOL, "prompt": "Write a poem.", "stream": False,
+                                                 "options": {"num_predict": 30}})
+        statuses.append(r.status_code)
+        bodies.append((r.status_code, r.headers.get("retry-after"), r.json()))
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=300, limits=limits) as ac:
+            async with trio.open_nursery() as nursery:
+                for _ in range(10 * (slots + queue)):
+                    nursery.start_soon(one, ac)
+
+    trio.run(main)
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(503) >= 10 * (slots + queue) - 2 * (slots + queue)
+    assert statuses.count(200) >= slots + queue
+    for status, retry_after, body in bodies:
+        if status == 503:
+            assert body == {"error": "server busy, please try again.  maximum pending requests exceeded"}
+            assert retry_after
+        else:
+            assert body["done"] is True and body["eval_count"] == 30
+    with server.client() as client:
+        assert client.get("/").status_code == 200
+
+
+def test_sigterm_mid_stream_stops_everything(start_server):
+    server = start_server()
+    with server.client() as client:
+        with client.stream("POST", "/api/generate", json={"model": SMOL, "prompt": "Tell a long story.",
+                                                           "options": {"num_predict": 3000}}) as r:
+            lines = r.iter_lines()
+            next(lines)
+            pid = runner_pid(client, SMOL)
+            assert pid
+            assert server.stop(signal.SIGTERM) == 0
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_kill_9_server_leaves_no_runner(start_server):
+    server = start_server()
+    with server.client() as client:
+        client.post("/api/generate", json={"model": SMOL})
+        pid = runner_pid(client, SMOL)
+    server.proc.kill()
+    server.proc.wait()
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+             timeout=30)

@@ -1,0 +1,303 @@
+"""Ollama-style client commands: ``list``, ``ps``, ``show``, ``run``, ``create``, ``cp``, ``rm``, ``stop``.
+
+They speak the HTTP API to ``OLLAMA_HOST`` (as the ``ollama`` CLI does), so they are thin: parse
+arguments, make a request, print the answer the way ``ollama`` prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+__all__ = ["register", "base_url"]
+
+
+def base_url() -> str:
+    """Where the server is: ``OLLAMA_HOST`` read as the server reads it, wildcard → loopback."""
+    from trillama.config import parse_host
+
+    raw = os.environ.get("OLLAMA_HOST", "").strip().strip("\"'") or "127.0.0.1:11434"
+    host, port = parse_host(raw)
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    scheme = "https" if raw.startswith("https://") else "http"
+    return f"{scheme}://{host if ':' not in host else '[' + host + ']'}:{port}"
+
+
+class CLIError(Exception):
+    pass
+
+
+def _client() -> httpx.Client:
+    return httpx.Client(base_url=base_url(), timeout=None)
+
+
+def _check(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 400:
+        try:
+            message = response.json().get("error") or response.text
+        except ValueError:
+            message = response.text
+        raise CLIError(message)
+    return response
+
+
+def _stream(client: httpx.Client, method: str, path: str, body: dict) -> Iterator[dict]:
+    with client.stream(method, path, json=body) as response:
+        if response.status_code >= 400:
+            response.read()
+            _check(response)
+        for line in response.iter_lines():
+            if line.strip():
+                item = json.loads(line)
+                if "error" in item:
+                    raise CLIError(item["error"])
+                yield item
+
+
+def human_bytes(n: int) -> str:
+    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{n} B"
+
+
+def human_ago(iso: str) -> str:
+    try:
+        then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return iso
+    seconds = (datetime.now(timezone.utc) - then).total_seconds()
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''} ago"
+    return "Less than a minute ago" if seconds >= 1 else "Less than a second ago"
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("    ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _client() as client:
+        models = _check(client.get("/api/tags")).json()["models"]
+    rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
+    for m in models:
+        if args.prefix and not m["name"].startswith(args.prefix):
+            continue
+        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), human_ago(m["modified_at"])])
+    _table(rows)
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    with _client() as client:
+        models = _check(client.get("/api/ps")).json()["models"]
+    rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
+    for m in models:
+        vram, size = m.get("size_vram", 0), m.get("size", 0) or 1
+        if vram == 0:
+            proc = "100% CPU"
+        elif vram >= size:
+            proc = "100% GPU"
+        else:
+            cpu = round(100 * (size - vram) / size)
+            proc = f"{cpu}%/{100 - cpu}% CPU/GPU"
+        until = m.get("expires_at", "")
+        try:
+            left = (datetime.fromisoformat(until) - datetime.now(timezone.utc)).total_seconds()
+            until = "Forever" if left > 20 * 365 * 86400 else ("Stopping..." if left <= 0 else
+                                                              f"{int(left // 60)} minutes from now")
+        except ValueError:
+            pass
+        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), proc,
+                     str(m.get("context_length", "")), until])
+    _table(rows)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _client() as client:
+        info = _check(client.post("/api/show", json={"model": args.model, "verbose": args.verbose})).json()
+    for flag in ("license", "modelfile", "parameters", "system", "template"):
+        if getattr(args, flag):
+            print(info.get(flag, ""))
+            return 0
+    details = info.get("details", {})
+    mi = info.get("model_info", {})
+    arch = mi.get("general.architecture", details.get("family", ""))
+    print("  Model")
+    for label, value in (("architecture", arch), ("parameters", details.get("parameter_size", "")),
+                         ("context length", mi.get(f"{arch}.context_length", "")),
+                         ("embedding length", mi.get(f"{arch}.embedding_length", "")),
+                         ("quantization", details.get("quantization_level", ""))):
+        if value != "":
+            print(f"    {label:<20}{value}")
+    if info.get("capabilities"):
+        print("\n  Capabilities")
+        for cap in info["capabilities"]:
+            print(f"    {cap}")
+    if info.get("parameters"):
+        print("\n  Parameters")
+        for line in info["parameters"].splitlines():
+            print(f"    {line}")
+    return 0
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    with _client() as client:
+        _check(client.post("/api/copy", json={"source": args.source, "destination": args.destination}))
+    print(f"copied '{args.source}' to '{args.destination}'")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    with _client() as client:
+        for name in args.models:
+            client.post("/api/generate", json={"model": name, "keep_alive": 0})
+            _check(client.request("DELETE", "/api/delete", json={"model": name}))
+            print(f"deleted '{name}'")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    with _client() as client:
+        response = client.post("/api/generate", json={"model": args.model, "keep_alive": 0})
+        if response.status_code == 404:
+            raise CLIError(f'couldn\'t find model "{args.model}" to stop')
+        _check(response)
+    return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    path = Path(args.file or "Modelfile")
+    text = path.read_text() if path.exists() else "FROM .\n"
+    body = {"model": args.model, "modelfile": text, "path": str(path.resolve())}
+    with _client() as client:
+        for item in _stream(client, "POST", "/api/create", body):
+            print(item.get("status", ""))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    prompt = " ".join(args.prompt)
+    if not sys.stdin.isatty():
+        prompt = (sys.stdin.read() + ("\n" + prompt if prompt else "")).strip()
+    body: dict[str, Any] = {"model": args.model}
+    if args.keepalive:
+        body["keep_alive"] = args.keepalive
+    if args.format:
+        body["format"] = args.format
+    with _client() as client:
+        if prompt:
+            return _run_once(client, body, prompt, args.verbose)
+        _check(client.post("/api/generate", json=body))  # load the model first, as ollama does
+        messages: list[dict] = []
+        while True:
+            try:
+                line = input(">>> ")
+            except EOFError:
+                print()
+                return 0
+            if line.strip() in ("/bye", "/exit"):
+                return 0
+            if not line.strip():
+                continue
+            messages.append({"role": "user", "content": line})
+            reply = ""
+            for item in _stream(client, "POST", "/api/chat", {**body, "messages": messages}):
+                piece = item.get("message", {}).get("content", "")
+                reply += piece
+                print(piece, end="", flush=True)
+            print("\n")
+            messages.append({"role": "assistant", "content": reply})
+
+
+def _run_once(client: httpx.Client, body: dict, prompt: str, verbose: bool) -> int:
+    final: dict = {}
+    for item in _stream(client, "POST", "/api/generate", {**body, "prompt": prompt}):
+        print(item.get("response", ""), end="", flush=True)
+        if item.get("done"):
+            final = item
+    print()
+    if verbose and final:
+        for label, key in (("total duration", "total_duration"), ("load duration", "load_duration"),
+                           ("prompt eval count", "prompt_eval_count"),
+                           ("prompt eval duration", "prompt_eval_duration"), ("eval count", "eval_count"),
+                           ("eval duration", "eval_duration")):
+            if final.get(key):
+                value = final[key]
+                text = f"{value} token(s)" if key.endswith("count") else f"{value / 1e9:.4f}s"
+                print(f"{label + ':':<22}{text}", file=sys.stderr)
+        if final.get("eval_duration"):
+            print(f"{'eval rate:':<22}{final['eval_count'] / (final['eval_duration'] / 1e9):.2f} tokens/s",
+                  file=sys.stderr)
+    return 0
+
+
+def cmd_unsupported(args: argparse.Namespace) -> int:
+    raise CLIError(f"'{args.command}' needs a model registry, which this build of trillama does not reach yet")
+
+
+def _wrap(func):
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except CLIError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
+        except httpx.ConnectError:
+            print("Error: could not connect to a running trillama/Ollama server at " + base_url(), file=sys.stderr)
+            return 1
+    return run
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("list", aliases=["ls"], help="List models")
+    p.add_argument("prefix", nargs="?")
+    p.set_defaults(func=_wrap(cmd_list))
+    p = sub.add_parser("ps", help="List running models")
+    p.set_defaults(func=_wrap(cmd_ps))
+    p = sub.add_parser("show", help="Show information for a model")
+    p.add_argument("model")
+    for flag in ("license", "modelfile", "parameters", "system", "template"):
+        p.add_argument(f"--{flag}", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_wrap(cmd_show))
+    p = sub.add_parser("run", help="Run a model")
+    p.add_argument("model")
+    p.add_argument("prompt", nargs="*")
+    p.add_argument("--keepalive")
+    p.add_argument("--format")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=_wrap(cmd_run))
+    p = sub.add_parser("create", help="Create a model from a Modelfile")
+    p.add_argument("model")
+    p.add_argument("-f", "--file")
+    p.set_defaults(func=_wrap(cmd_create))
+    p = sub.add_parser("cp", help="Copy a model")
+    p.add_argument("source")
+    p.add_argument("destination")
+    p.set_defaults(func=_wrap(cmd_cp))
+    p = sub.add_parser("rm", help="Remove a model")
+    p.add_argument("models", nargs="+")
+    p.set_defaults(func=_wrap(cmd_rm))
+    p = sub.add_parser("stop", help="Stop a running model")
+    p.add_argument("model")
+    p.set_defaults(func=_wrap(cmd_stop))
+    for name in ("pull", "push"):
+        p = sub.add_parser(name, help=f"{name.capitalize()} a model from a registry")
+        p.add_argument("model")
+        p.set_defaults(func=_wrap(cmd_unsupported))
