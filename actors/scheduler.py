@@ -332,9 +332,11 @@ class Scheduler:
                                  size=actor.placement.size, size_vram=actor.placement.size_vram,
                                  n_gpu_layers=actor.placement.n_gpu_layers)
                         await actor.serve(runner)
-                except (RunnerError, OSError) as exc:
-                    log.warning("model_load_failed", model=actor.name, error=str(exc))
-                    actor.fail(str(exc))
+                except* (RunnerError, OSError) as group:
+                    # The runner's nursery wraps what it raises in an exception group.
+                    message = str(_first_leaf(group))
+                    log.warning("model_load_failed", model=actor.name, error=message)
+                    actor.fail(message)
             if load_scope.cancelled_caught and actor.state == "loading":
                 actor.fail("timed out waiting for the model runner to start")
         finally:
@@ -404,6 +406,12 @@ class Scheduler:
             return None
         idle.sort(key=lambda a: (a.expires_at > now, a.last_used))
         return idle[0]
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _human(n: int) -> str:
