@@ -15,21 +15,16 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trillama import __version__
-from trillama.api import inference, manage
+from trillama.api import inference, manage, openai
 from trillama.api.context import Services
 from trillama.api.cors import CorsPolicy
-from trillama.api.errors import APIError, openai_error_type
+from trillama.api.errors import APIError, openai_error_body
 from trillama.api.streaming import json_response
 from trillama.logs import get_logger
 
 __all__ = ["create_app"]
 
 log = get_logger("trillama.api")
-
-
-def openai_error_body(exc: APIError) -> dict:
-    return {"error": {"message": exc.message, "type": openai_error_type(exc.status), "param": None,
-                      "code": None}}
 
 
 def create_app(services: Services) -> QuartTrio:
@@ -87,4 +82,5 @@ def create_app(services: Services) -> QuartTrio:
 
     app.register_blueprint(manage.blueprint)
     app.register_blueprint(inference.blueprint)
+    app.register_blueprint(openai.blueprint)
     return app

@@ -11,7 +11,7 @@ from typing import Mapping
 
 import attrs
 
-__all__ = ["APIError", "openai_error_type", "SERVER_BUSY"]
+__all__ = ["APIError", "openai_error_type", "openai_error_body", "SERVER_BUSY"]
 
 SERVER_BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
@@ -32,3 +32,9 @@ def openai_error_type(status: int) -> str:
     if status == 404:
         return "not_found_error"
     return "api_error"
+
+
+def openai_error_body(exc: APIError) -> dict:
+    """OpenAI's error object, so the ``openai`` SDK raises the exception class for the status."""
+    return {"error": {"message": exc.message, "type": openai_error_type(exc.status), "param": None,
+                      "code": None}}

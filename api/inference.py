@@ -59,6 +59,7 @@ class GenerateRequest:
     shift: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
+    _debug_render_only: bool = False
 
 
 @attrs.define
@@ -75,6 +76,7 @@ class ChatRequest:
     shift: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
+    _debug_render_only: bool = False
 
 
 @attrs.define
@@ -132,6 +134,12 @@ def _metrics(done: Done, timer: Timer) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v}  # Ollama omits zero metrics
 
 
+def _debug_chunk(model: str, prompt: str, images: int, empty: dict[str, Any]) -> dict[str, Any]:
+    """Ollama's ``_debug_render_only``: the exact prompt text the model would have seen."""
+    return {"model": model, "created_at": now_rfc3339(), **empty, "done": False,
+            "_debug_info": {"rendered_template": prompt, "image_count": images}}
+
+
 def _merge_options(record: Any, request_options: dict[str, Any]) -> dict[str, Any]:
     return {**(record.parameters or {}), **request_options}
 
@@ -173,6 +181,9 @@ async def generate() -> Response:
             prompt = build_generate_prompt(record, req.prompt, system=req.system, template=req.template,
                                            suffix=req.suffix, raw=req.raw, has_context=bool(req.context),
                                            images=len(images), think=think)
+            if req._debug_render_only:
+                yield _debug_chunk(req.model, prompt, len(images), {"response": ""})
+                return
             job = job_from_options(merged, prompt=prompt, prompt_tokens=req.context or None,
                                    grammar=grammar, logprobs=req.logprobs or req.top_logprobs > 0,
                                    top_logprobs=req.top_logprobs, num_ctx=lease.actor.num_ctx and
@@ -245,6 +256,11 @@ async def chat() -> Response:
                 record, req.messages, tools=req.tools, think=think, truncate=req.truncate,
                 num_ctx=num_ctx, count_tokens=lease.tokenize,
             )
+            if req._debug_render_only:
+                count = sum(len(m.get("images") or []) for m in req.messages)
+                yield _debug_chunk(req.model, prompt.text, count,
+                                   {"message": {"role": "assistant", "content": ""}})
+                return
             job = job_from_options(merged, prompt=prompt.text, grammar=grammar,
                                    logprobs=req.logprobs or req.top_logprobs > 0,
                                    top_logprobs=req.top_logprobs, num_ctx=num_ctx, shift=req.shift)

@@ -118,6 +118,9 @@ async def _iterate_in_thread(gen: Iterator[dict]) -> AsyncIterator[dict]:
                 raise _store_error(exc) from None
             except InvalidName:
                 raise APIError(400, "invalid model name") from None
+            except OSError as exc:  # disk full, permissions: Ollama reports these as 500s
+                log.error("create_failed", error=str(exc))
+                raise APIError(500, str(exc)) from None
             if item is done:
                 return
             yield item
@@ -324,12 +327,28 @@ async def head_blob(digest: str) -> Response:
     return Response("", status=200)
 
 
+async def _drain_body() -> None:
+    """Read and drop what is left of the request body.
+
+    Answering before the client has finished sending leaves hypercorn's HTTP/1.1 connection
+    waiting on a body nobody reads; the client's next request on that connection then hangs
+    (and a large upload never completes). Draining keeps the connection usable.
+    """
+    async for _ in request.body:
+        pass
+
+
 @blueprint.route("/api/blobs/<digest>", methods=["POST"])
 async def create_blob(digest: str) -> Response:
-    normalized = _check_digest(digest)
+    try:
+        normalized = _check_digest(digest)
+    except APIError:
+        await _drain_body()
+        raise
     store = services().store
     if await _in_thread(store.has_blob, normalized):
-        return Response("", status=200)  # already here: the body is not even read
+        await _drain_body()  # already here: nothing to store (Ollama does not read it either)
+        return Response("", status=200)
     writer = await _in_thread(store.open_blob_writer)
     try:
         pending = bytearray()
@@ -346,6 +365,10 @@ async def create_blob(digest: str) -> Response:
         raise APIError(400, f'digest mismatch, expected "{digest}", got "{exc.got}"') from None
     except StoreError as exc:
         raise _store_error(exc) from None
+    except OSError as exc:
+        log.error("blob_write_failed", digest=digest, error=str(exc))
+        await _drain_body()
+        raise APIError(500, str(exc)) from None
     finally:
         if not writer.closed:
             writer.abort()
