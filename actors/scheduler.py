@@ -131,7 +131,7 @@ class Scheduler:
         for _ in range(_MAX_ATTEMPTS):
             actor = self._find(key, wanted)
             if actor is None:
-                self._retire_mismatched(key, wanted)
+                self._retire_mismatched(record.digest, wanted)
                 actor = self._new_actor(record, key, wanted, keep_alive)
             try:
                 lease = actor.admit(keep_alive)
@@ -226,9 +226,15 @@ class Scheduler:
                 return actor
         return None
 
-    def _retire_mismatched(self, key: tuple, wanted: LoadOptions) -> None:
+    def _retire_mismatched(self, digest: str, wanted: LoadOptions) -> None:
+        """The same model asked with other load options: retire its runner (Ollama's reload).
+
+        Matching is by model (manifest digest), not by weights file: two models built on the same
+        GGUF with different parameters (say ``num_parallel``) may both stay loaded rather than
+        evict each other on every request.
+        """
         for actor in self._actors:
-            if actor.key == key and actor.accepting:
+            if actor.digest == digest and actor.accepting:
                 log.info("model_reload", model=actor.name, loaded=attrs.asdict(actor.options),
                          wanted=attrs.asdict(wanted))
                 actor.stop_reason = "reload"

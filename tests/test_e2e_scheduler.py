@@ -279,3 +279,15 @@ def test_kill_9_server_leaves_no_runner(start_server):
     server.proc.wait()
     wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
              timeout=30)
+
+
+def test_per_model_num_parallel(server):
+    with server.client() as client:
+        r = client.post("/api/create", json={"model": "smol-wide", "from": SMOL, "parameters": {"num_parallel": 3},
+                                             "stream": False})
+        assert r.status_code == 200, r.text
+        client.post("/api/generate", json={"model": "smol-wide"})
+        client.post("/api/generate", json={"model": SMOL})
+        rows = {row["name"]: row for row in runners(client)}
+        assert rows["smol-wide:latest"]["num_parallel"] == 3 and len(rows["smol-wide:latest"]["slots"]) == 3
+        assert rows[SMOL]["num_parallel"] == 1 and len(rows[SMOL]["slots"]) == 1
