@@ -18,6 +18,7 @@ from trillama import __version__
 from trillama.api import inference, manage, openai
 from trillama.api.context import Services
 from trillama.api.cors import CorsPolicy
+from trillama.api.hosts import host_allowed, is_loopback_bind
 from trillama.api.errors import APIError, openai_error_body
 from trillama.api.streaming import json_response
 from trillama.logs import get_logger
@@ -34,12 +35,15 @@ def create_app(services: Services) -> QuartTrio:
                       PROVIDE_AUTOMATIC_OPTIONS=False)
     app.extensions["trillama"] = services
     cors = CorsPolicy(services.settings.allowed_origins)
+    guard_hosts = is_loopback_bind(services.settings.host)
 
     @app.before_request
     async def _start() -> Response | None:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=uuid.uuid4().hex[:12])
         request.environ_started = time.perf_counter()  # type: ignore[attr-defined]
+        if guard_hosts and not host_allowed(request.headers.get("Host")):
+            return Response("", status=403)
         if request.method == "OPTIONS":
             headers = cors.headers_for(request.headers.get("Origin"), preflight=True)
             return Response("", status=204 if headers or not request.headers.get("Origin") else 403,
