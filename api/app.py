@@ -52,6 +52,10 @@ def create_app(services: Services) -> QuartTrio:
 
     @app.after_request
     async def _finish(response: Response) -> Response:
+        if not request.body._complete.is_set():  # type: ignore[attr-defined]
+            # Answered before the body was read (an early 4xx): a keep-alive connection would be
+            # left with unread bytes and the client's next request would hang. Close it instead.
+            response.headers["Connection"] = "close"
         for key, value in cors.headers_for(request.headers.get("Origin"), preflight=False).items():
             response.headers[key] = value
         started = getattr(request, "environ_started", None)
