@@ -132,6 +132,19 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def docs_script(base_url: str, section: str) -> str:
+    """The shell blocks of one marked section of docs/api.md, pointed at ``base_url``.
+
+    Each curl prints its HTTP status on stdout (the body goes to stderr), so a test can check
+    that every example got the answer the documentation says it gets.
+    """
+    text = (REPO / "docs" / "api.md").read_text()
+    part = text.split(f"<!-- {section}:begin -->", 1)[1].split(f"<!-- {section}:end -->", 1)[0]
+    blocks = [block.split("```", 1)[0] for block in part.split("```sh\n")[1:]]
+    body = "\n".join(blocks).replace("http://localhost:11434", base_url)
+    return "set -euo pipefail\ncurl() { command curl -sS -o /dev/stderr -w '%{http_code}\\n' \"$@\"; }\n" + body
+
+
 def upload_and_create(client: httpx.Client, name: str, gguf: Path, **extra) -> None:
     """Create ``name`` from a local GGUF the way the ollama CLI does: blob upload, then create."""
     digest = "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()

@@ -242,3 +242,17 @@ def test_errors_have_ollama_shape(server):
         assert (r.status_code, r.text) == (404, "404 page not found")
         r = http.get("/api/generate")
         assert (r.status_code, r.text) == (405, "405 method not allowed")
+
+
+def test_docs_curl_examples(server):
+    """Every curl example of docs/api.md's inference section runs and gets a 200."""
+    import subprocess
+
+    from conftest import REPO, docs_script
+
+    result = subprocess.run(["bash", "-c", docs_script(server.base_url, "inference")], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    statuses = result.stdout.split()
+    assert len(statuses) == 12 and set(statuses) == {"200"}, (statuses, result.stderr)
+    assert '"done_reason":"unload"' in result.stderr and '"embeddings":[[' in result.stderr

@@ -321,24 +321,13 @@ def test_kill_during_create_leaves_no_trace(servers: list[ServerProcess], root: 
 # --- the documentation's examples -------------------------------------------------------------
 
 
-def docs_script(base_url: str) -> str:
-    """The shell blocks of docs/api.md's management section, pointed at ``base_url``."""
-    text = (Path(__file__).parent.parent / "docs" / "api.md").read_text()
-    section = text.split("<!-- manage:begin -->", 1)[1].split("<!-- manage:end -->", 1)[0]
-    blocks = [block.split("```", 1)[0] for block in section.split("```sh\n")[1:]]
-    body = "\n".join(blocks).replace("http://localhost:11434", base_url)
-    # Each curl prints its HTTP status on stdout (the body goes to stderr), so the test can check
-    # that every example got the answer the documentation says it gets.
-    return "set -euo pipefail\ncurl() { command curl -sS -o /dev/stderr -w '%{http_code}\\n' \"$@\"; }\n" + body
-
-
 def test_docs_curl_examples(servers: list[ServerProcess], root: Path) -> None:
     import subprocess
 
-    from conftest import REPO
+    from conftest import REPO, docs_script
 
     server = start(servers, root, bundled=True)
-    result = subprocess.run(["bash", "-c", docs_script(server.base_url)], cwd=REPO, capture_output=True,
+    result = subprocess.run(["bash", "-c", docs_script(server.base_url, "manage")], cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     statuses = result.stdout.split()
