@@ -43,7 +43,7 @@ from trillama.store.manifest import (
 from trillama.store.modelfile import Modelfile
 from trillama.store.names import InvalidName, ModelName
 from trillama.store.options import OPTION_TYPES, OptionError, coerce_options
-from trillama.store.templates import ChatFormat, TemplateSyntaxError, check_template, detect_chat_format
+from trillama.store.templates import ChatFormat, detect_chat_format
 
 if TYPE_CHECKING:
     from trillama.store.store import ModelStore
@@ -393,8 +393,8 @@ def plan_create(store: "ModelStore", name: ModelName, req: CreateRequest) -> Cre
 
     if req.template:
         try:
-            check_template(req.template)
-        except TemplateSyntaxError as exc:
+            store.templates.check(req.template)
+        except ValueError as exc:
             raise InvalidRequest(f"template error: {exc}") from None
         layers = _replace(layers, (MEDIA_TEMPLATE, MEDIA_PROMPT), _Text(MEDIA_TEMPLATE, req.template.encode()))
     if req.system:

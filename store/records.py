@@ -33,7 +33,7 @@ from trillama.store.manifest import (
     ModelConfig,
 )
 from trillama.store.names import ModelName
-from trillama.store.templates import template_capabilities
+from trillama.store.templates import TemplateInspector
 
 __all__ = ["ModelRecord", "ModelEntry", "build_record", "compute_capabilities"]
 
@@ -55,13 +55,16 @@ def compute_capabilities(
     template: str | None,
     projector_count: int,
     config: ModelConfig,
+    *,
+    templates: TemplateInspector,
 ) -> list[str]:
     """What the model can do, by the rules Ollama applies to the same files.
 
     Embedding models (a pooling type in the GGUF) embed, everything else completes; a vision
     tower or projector adds ``vision``; a Go template that reads ``.Tools``/``.Suffix``/
-    ``.Thinking`` adds ``tools``/``insert``/``thinking``; without a Go template, the GGUF's own
-    chat template is consulted for tools and ``<think>`` tags.
+    ``.Thinking`` adds ``tools``/``insert``/``thinking`` (read by ``templates``, which can parse
+    it); without a Go template, the GGUF's own chat template is consulted for tools and
+    ``<think>`` tags.
     """
     capabilities: list[str] = []
 
@@ -78,7 +81,7 @@ def compute_capabilities(
     if projector_count:
         add("vision")
     if template is not None:
-        for capability in template_capabilities(template):
+        for capability in templates.capabilities(template):
             add(capability)
     elif info is not None and info.chat_template:
         chat = info.chat_template
@@ -154,10 +157,12 @@ def build_record(
     blob_path: Any,
     *,
     digest: str,
+    templates: TemplateInspector,
 ) -> ModelRecord:
     """Read the small layers a manifest lists and assemble the record.
 
-    ``blob_path`` maps a digest to the path of its blob file.
+    ``blob_path`` maps a digest to the path of its blob file; ``templates`` reads the
+    capabilities the template layer implies.
     """
     config = ModelConfig()
     if manifest.config.digest:
@@ -237,7 +242,7 @@ def build_record(
         license=licenses,
         parent_model=parent_model,
         details=details,
-        capabilities=compute_capabilities(info, template, len(projectors), config),
+        capabilities=compute_capabilities(info, template, len(projectors), config, templates=templates),
         modified_at=datetime.fromtimestamp(stat.st_mtime_ns / 1e9).astimezone(),
         size=manifest.size,
     )

@@ -37,6 +37,7 @@ from trillama.store.errors import CorruptManifest, DigestMismatch, ModelNotFound
 from trillama.store.manifest import Manifest
 from trillama.store.names import ModelName
 from trillama.store.records import ModelEntry, ModelRecord, build_record, entry_from_record
+from trillama.store.templates import NullTemplateInspector, TemplateInspector
 
 __all__ = ["ModelStore"]
 
@@ -46,8 +47,15 @@ _COPY_CHUNK = 4 << 20
 
 
 class ModelStore:
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, templates: TemplateInspector | None = None) -> None:
+        """Open (creating if needed) the store under ``root``.
+
+        ``templates`` checks Go templates on create and reads their capabilities; the store
+        cannot parse them itself, so without one every template is accepted and adds no
+        capability (see :class:`~trillama.store.templates.NullTemplateInspector`).
+        """
         self.root = Path(root).expanduser()
+        self.templates: TemplateInspector = templates if templates is not None else NullTemplateInspector()
         self.blobs_dir = self.root / "blobs"
         self.manifests_dir = self.root / "manifests"
         ensure_dir(self.blobs_dir)
@@ -225,7 +233,7 @@ class ModelStore:
         except ModelNotFound:
             raise ModelNotFound(shown) from None
         return build_record(existing, manifest, self.manifest_path(existing), self.blob_path,
-                            digest=hashlib.sha256(data).hexdigest())
+                            digest=hashlib.sha256(data).hexdigest(), templates=self.templates)
 
     def list_models(self) -> list[ModelEntry]:
         """All models, most recently modified first (``/api/tags`` order)."""

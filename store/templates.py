@@ -7,14 +7,15 @@ layer written for that format, plus the stop words that end a turn in it. The te
 this project's own, written against the published prompt formats; they use only the plain parts
 of Go's template language (``range``, ``if``/``else if``, ``eq``/``ne``, variables).
 
-This module also does a structural check of user-supplied templates (balanced blocks, closed
-actions, known functions) so a broken TEMPLATE is refused at create time with a
-``template error:`` rather than failing every later request.
+Checking a user-supplied TEMPLATE (so a broken one is refused at create time with a
+``template error:`` rather than failing every later request) and reading the capabilities a
+template implies need Go's template parser, which lives above the store; the store declares what
+it needs as :class:`TemplateInspector` and is handed one.
 """
 
 from __future__ import annotations
 
-import re
+from typing import Protocol
 
 import attrs
 
@@ -22,11 +23,9 @@ __all__ = [
     "ChatFormat",
     "CHAT_FORMATS",
     "DEFAULT_TEMPLATE",
-    "TemplateSyntaxError",
+    "NullTemplateInspector",
+    "TemplateInspector",
     "detect_chat_format",
-    "check_template",
-    "template_identifiers",
-    "template_capabilities",
 ]
 
 #: What a model without a template layer is prompted with (Ollama's default).
@@ -213,165 +212,41 @@ def detect_chat_format(chat_template: str | None, architecture: str | None = Non
     return None
 
 
-# --- structural check of Go templates -------------------------------------------------------
-
-class TemplateSyntaxError(ValueError):
-    """Worded like Go's parser: ``template: :LINE: message``."""
-
-    def __init__(self, line: int, message: str) -> None:
-        super().__init__(f"template: :{line}: {message}")
-        self.line = line
+# --- checking Go templates: injected --------------------------------------------------------
 
 
-_BUILTINS = frozenset({
-    "and", "or", "not", "len", "index", "slice", "print", "printf", "println", "eq", "ne", "lt",
-    "le", "gt", "ge", "html", "js", "urlquery", "call",
-    # Ollama's additions
-    "json", "currentDate", "yesterdayDate", "toTypeScriptType",
-})
-_KEYWORDS = frozenset({"if", "else", "end", "range", "with", "define", "template", "block", "break",
-                       "continue", "nil", "true", "false"})
-_OPENERS = frozenset({"if", "range", "with", "define", "block"})
-_WORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_FIELD_RE = re.compile(r"(?<![A-Za-z0-9_)\]])(?:\$[A-Za-z0-9_]*)?\.([A-Za-z_][A-Za-z0-9_]*)")
+class TemplateInspector(Protocol):
+    """What the store needs to know about a Go template, answered by whoever can parse one.
+
+    The store is the lowest layer and must not import the prompt code that implements Go's
+    ``text/template`` parser, so the parser is handed in (``ModelStore(root, templates=...)``);
+    the server passes ``trillama.actors.prompt.inspector.GoTemplateInspector``.
+    """
+
+    def check(self, text: str) -> None:
+        """Raise :class:`ValueError`, worded like Go's parser, for a template that does not parse.
+
+        Create turns the message into ``template error: <message>``.
+        """
+
+    def capabilities(self, text: str) -> list[str]:
+        """What the template enables, in Ollama's order (``tools``, ``insert``, ``thinking``).
+
+        Never raises: a template that does not parse enables nothing.
+        """
 
 
 @attrs.frozen
-class _Action:
-    body: str
-    line: int
+class NullTemplateInspector:
+    """Accepts every template and reads no capabilities from any.
 
-
-def _actions(text: str) -> list[_Action]:
-    """Split out the ``{{ … }}`` actions (trim markers and comments removed)."""
-    actions: list[_Action] = []
-    pos = 0
-    while True:
-        start = text.find("{{", pos)
-        if start < 0:
-            return actions
-        line = text.count("\n", 0, start) + 1
-        i = start + 2
-        if text.startswith("- ", i) or text.startswith("-\t", i) or text.startswith("-\n", i):
-            i += 1
-        quote: str | None = None
-        while i < len(text):
-            ch = text[i]
-            if quote:
-                if ch == "\\" and quote == '"':
-                    i += 2
-                    continue
-                if ch == quote:
-                    quote = None
-                elif ch == "\n" and quote != "`":
-                    raise TemplateSyntaxError(line, "unterminated quoted string")
-            elif ch in "\"'`":
-                quote = ch
-            elif text.startswith("}}", i):
-                break
-            elif text.startswith("/*", i):
-                close = text.find("*/", i + 2)
-                if close < 0:
-                    raise TemplateSyntaxError(line, "unclosed comment")
-                i = close + 2
-                continue
-            i += 1
-        else:
-            raise TemplateSyntaxError(line, "unclosed action")
-        body = text[start + 2:i]
-        if body.startswith("-") and body[1:2] in (" ", "\t", "\n", "\r"):
-            body = body[1:]
-        if body.endswith(" -") or body.endswith("\t-") or body.endswith("\n-"):
-            body = body[:-1]
-        actions.append(_Action(body.strip(), line))
-        pos = i + 2
-
-
-def check_template(text: str) -> None:
-    """Raise :class:`TemplateSyntaxError` for a template Go's parser would refuse.
-
-    Not a full Go parser: it checks what typos break in practice (unclosed actions, unbalanced
-    ``if``/``range``/``end``, ``else`` outside a block, unknown functions).
+    The store alone cannot parse Go templates (the parser lives a layer up), so a store opened
+    without an inspector — tools, tests of file handling — takes templates on trust and reports
+    only the capabilities that come from the GGUF and the config.
     """
-    stack: list[tuple[str, int]] = []
-    for action in _actions(text):
-        body = action.body
-        if not body or body.startswith("/*"):
-            if not body:
-                raise TemplateSyntaxError(action.line, "missing value for command")
-            continue
-        word_match = _WORD_RE.match(body)
-        word = word_match.group(0) if word_match else ""
-        if word in _OPENERS and (len(body) == len(word) or not body[len(word)].isalnum()):
-            if word != "define" and len(body.split()) < 2:
-                raise TemplateSyntaxError(action.line, f"missing value for {word}")
-            stack.append((word, action.line))
-        elif word == "else":
-            if not stack or stack[-1][0] not in ("if", "range", "with"):
-                raise TemplateSyntaxError(action.line, "unexpected {{else}}")
-        elif word == "end" and body == "end":
-            if not stack:
-                raise TemplateSyntaxError(action.line, "unexpected {{end}}")
-            stack.pop()
-        elif word in ("break", "continue"):
-            if not any(kind == "range" for kind, _ in stack):
-                raise TemplateSyntaxError(action.line, f"{{{{{word}}}}} outside {{{{range}}}}")
-        # Every bare word that starts a command must be a function or keyword.
-        for segment in _command_heads(body):
-            if segment and segment not in _BUILTINS and segment not in _KEYWORDS:
-                raise TemplateSyntaxError(action.line, f'function "{segment}" not defined')
-    if stack:
-        raise TemplateSyntaxError(text.count("\n") + 1, "unexpected EOF")
 
+    def check(self, text: str) -> None:
+        return None
 
-_TOKEN_RE = re.compile(r":=|[()|=,]|[^\s()|=,]+")
-
-
-def _command_heads(body: str) -> list[str]:
-    """The bare identifiers in function position: first in a pipeline, after ``|`` and ``(``."""
-    cleaned = re.sub(r'"(?:\\.|[^"\\])*"|`[^`]*`|\'(?:\\.|[^\'\\])*\'', '""', body)
-    tokens = _TOKEN_RE.findall(cleaned)
-    # Skip the control keyword(s) that may open the action.
-    while tokens and tokens[0] in ("if", "range", "with", "else", "block", "template", "define"):
-        keyword = tokens.pop(0)
-        if keyword in ("template", "block", "define") and tokens:
-            tokens.pop(0)  # the template's name
-    heads: list[str] = []
-    expect_head = True
-    for token in tokens:
-        if token in ("(", "|", ":=", "=", ","):
-            expect_head = True
-            continue
-        if token == ")":
-            expect_head = False
-            continue
-        if expect_head and _WORD_RE.fullmatch(token):
-            heads.append(token)
-        expect_head = False
-    return heads
-
-
-def template_identifiers(text: str) -> set[str]:
-    """Lower-cased field names a template reads (``.Tools`` → ``tools``), like Ollama's Vars()."""
-    names: set[str] = set()
-    try:
-        actions = _actions(text)
-    except TemplateSyntaxError:
-        return names
-    for action in actions:
-        cleaned = re.sub(r'"(?:\\.|[^"\\])*"|`[^`]*`', '""', action.body)
-        names.update(m.group(1).lower() for m in _FIELD_RE.finditer(cleaned))
-    return names
-
-
-def template_capabilities(text: str) -> list[str]:
-    """What a Go template enables beyond plain completion: tools, insert (suffix), thinking."""
-    names = template_identifiers(text)
-    capabilities = []
-    if "tools" in names:
-        capabilities.append("tools")
-    if "suffix" in names:
-        capabilities.append("insert")
-    if "thinking" in names and "messages" in names:
-        capabilities.append("thinking")
-    return capabilities
+    def capabilities(self, text: str) -> list[str]:
+        return []

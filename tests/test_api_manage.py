@@ -15,6 +15,7 @@ import pytest
 from test_store_gguf import write_tiny_gguf
 from test_store_store import tree
 
+from trillama.actors.prompt.inspector import GoTemplateInspector
 from trillama.api.app import create_app
 from trillama.api.context import Services
 from trillama.config import Settings
@@ -71,7 +72,7 @@ def settings(root: Path) -> Settings:
 
 @pytest.fixture
 def api(settings: Settings, root: Path) -> Client:
-    store = ModelStore(root)
+    store = ModelStore(root, templates=GoTemplateInspector())
     return Client(create_app(Services(settings=settings, store=store)), root)
 
 

@@ -10,6 +10,7 @@ import pytest
 from test_store_store import tree
 
 import trillama.bundled as bundled
+from trillama.actors.prompt.inspector import GoTemplateInspector
 from trillama.store import ModelStore, read_gguf_info
 from trillama.store.templates import CHAT_FORMATS
 
@@ -23,7 +24,7 @@ CONVERSATION = [
 
 @pytest.fixture
 def store(tmp_path: Path) -> ModelStore:
-    return ModelStore(tmp_path / "models")
+    return ModelStore(tmp_path / "models", templates=GoTemplateInspector())
 
 
 def test_creates_smollm2_from_the_installed_gguf(store: ModelStore, smollm2_gguf: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from test_store_gguf import write_tiny_gguf
 
+from trillama.actors.prompt.inspector import GoTemplateInspector
 from trillama.store import (
     CreateRequest,
     DigestMismatch,
@@ -40,7 +41,7 @@ def tree(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> ModelStore:
-    return ModelStore(tmp_path / "models")
+    return ModelStore(tmp_path / "models", templates=GoTemplateInspector())
 
 
 @pytest.fixture
@@ -173,6 +174,27 @@ def test_create_from_model_inherits_and_replaces(store: ModelStore, gguf_digest:
     assert child.parameters == {"stop": ["<|im_start|>", "<|im_end|>"], "top_k": 5, "temperature": 0.1}
     assert child.parent_model == "base:latest"
     assert child.model_path == store.resolve("base").model_path
+
+
+TOOLS_AND_SUFFIX = "{{ if .Tools }}{{ json .Tools }}{{ end }}{{ .Prompt }}{{ .Suffix }}"
+
+
+def test_template_capabilities_come_from_the_inspector(store: ModelStore, gguf_digest: str) -> None:
+    create(store, "coder", files={"tiny.gguf": gguf_digest}, template=TOOLS_AND_SUFFIX)
+    assert store.resolve("coder").capabilities == ["completion", "tools", "insert"]
+    assert [entry.capabilities for entry in store.list_models()] == [["completion", "tools", "insert"]]
+
+
+def test_store_without_inspector_trusts_templates(store: ModelStore, gguf_digest: str) -> None:
+    """Alone, the store cannot parse Go templates: it takes them as given and reads nothing from them."""
+    bare = ModelStore(store.root)
+    create(bare, "trusted", files={"tiny.gguf": gguf_digest}, template="{{ if .Tools }}")
+    create(bare, "coder", files={"tiny.gguf": gguf_digest}, template=TOOLS_AND_SUFFIX)
+    assert bare.resolve("trusted").template == "{{ if .Tools }}"
+    assert bare.resolve("coder").capabilities == ["completion"]
+    # The same files read through the real parser: the broken one enables nothing, and still lists.
+    assert store.resolve("trusted").capabilities == ["completion"]
+    assert store.resolve("coder").capabilities == ["completion", "tools", "insert"]
 
 
 def test_recreate_prunes_layers_only_the_old_manifest_used(store: ModelStore, gguf_digest: str) -> None:

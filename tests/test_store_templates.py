@@ -1,16 +1,13 @@
-"""Chat-format detection from GGUF chat templates, and the Go-template structural check."""
+"""Chat-format detection from GGUF chat templates, and the template inspectors the store is given."""
 
 from __future__ import annotations
 
 import pytest
 
-from trillama.store.templates import (
-    CHAT_FORMATS,
-    TemplateSyntaxError,
-    check_template,
-    detect_chat_format,
-    template_capabilities,
-)
+from trillama.actors.prompt.inspector import GoTemplateInspector
+from trillama.store.templates import CHAT_FORMATS, NullTemplateInspector, detect_chat_format
+
+INSPECTOR = GoTemplateInspector()
 
 
 @pytest.mark.parametrize(
@@ -45,7 +42,7 @@ def test_gemma_architecture_without_chat_template() -> None:
 
 def test_bundled_formats_are_well_formed_and_have_stops() -> None:
     for fmt in CHAT_FORMATS.values():
-        check_template(fmt.template)
+        INSPECTOR.check(fmt.template)
         assert fmt.stop, fmt.name
         assert ".Messages" in fmt.template
 
@@ -63,11 +60,14 @@ def test_chatml_stop_words() -> None:
         ("{{ nosuchfunc .Prompt }}", 'template: :1: function "nosuchfunc" not defined'),
         ("{{ else }}", "template: :1: unexpected {{else}}"),
         ("{{ }}", "template: :1: missing value for command"),
+        ("{{ range }}", "template: :1: missing value for range"),
+        ("{{ break }}", "template: :1: {{break}} outside {{range}}"),
+        ("{{/* never closed", "template: :1: unclosed comment"),
     ],
 )
-def test_check_template_errors(template: str, message: str) -> None:
-    with pytest.raises(TemplateSyntaxError) as err:
-        check_template(template)
+def test_check_refuses_with_go_message(template: str, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        INSPECTOR.check(template)
     assert str(err.value) == message
 
 
@@ -81,13 +81,29 @@ def test_check_template_errors(template: str, message: str) -> None:
         "{{ \"}}\" }}",
     ],
 )
-def test_check_template_accepts(template: str) -> None:
-    check_template(template)
+def test_check_accepts(template: str) -> None:
+    INSPECTOR.check(template)
 
 
 def test_capabilities_from_template() -> None:
-    assert template_capabilities("{{ .Prompt }}") == []
-    assert template_capabilities("{{ if .Tools }}{{ json .Tools }}{{ end }}{{ .Prompt }}") == ["tools"]
-    assert template_capabilities("<PRE>{{ .Prompt }}<SUF>{{ .Suffix }}<MID>") == ["insert"]
+    assert INSPECTOR.capabilities("{{ .Prompt }}") == []
+    assert INSPECTOR.capabilities("{{ if .Tools }}{{ json .Tools }}{{ end }}{{ .Prompt }}") == ["tools"]
+    assert INSPECTOR.capabilities("<PRE>{{ .Prompt }}<SUF>{{ .Suffix }}<MID>") == ["insert"]
     thinking = "{{ range .Messages }}{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ end }}"
-    assert template_capabilities(thinking) == ["thinking"]
+    assert INSPECTOR.capabilities(thinking) == ["thinking"]
+
+
+def test_capabilities_in_ollama_order() -> None:
+    template = ("{{ range .Messages }}<think>{{ .Thinking }}</think>{{ end }}"
+                "{{ .Suffix }}{{ if .Tools }}{{ json .Tools }}{{ end }}")
+    assert INSPECTOR.capabilities(template) == ["tools", "insert", "thinking"]
+
+
+def test_broken_template_has_no_capabilities() -> None:
+    assert INSPECTOR.capabilities("{{ if .Tools }}") == []
+
+
+def test_null_inspector_accepts_everything_and_reads_nothing() -> None:
+    null = NullTemplateInspector()
+    null.check("{{ if .System }}")
+    assert null.capabilities("{{ if .Tools }}{{ json .Tools }}{{ end }}{{ .Suffix }}") == []

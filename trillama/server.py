@@ -13,6 +13,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from trillama.actors.prompt.inspector import GoTemplateInspector
 from trillama.actors.scheduler import Scheduler
 from trillama.api.app import create_app
 from trillama.api.context import Services
@@ -26,8 +27,11 @@ log = get_logger("trillama.server")
 
 
 def prepare_store(settings: Settings) -> ModelStore:
-    """Open the store, clear what an interrupted write left, prune, add the bundled model."""
-    store = ModelStore(settings.models_dir)
+    """Open the store, clear what an interrupted write left, prune, add the bundled model.
+
+    The store gets the real Go template parser to check TEMPLATEs and read capabilities with.
+    """
+    store = ModelStore(settings.models_dir, templates=GoTemplateInspector())
     store.recover()
     if settings.noprune:
         log.info("prune_skipped", reason="OLLAMA_NOPRUNE")
