@@ -84,11 +84,8 @@ def compute_capabilities(
         for capability in templates.capabilities(template):
             add(capability)
     elif info is not None and info.chat_template:
-        chat = info.chat_template
-        if "tools" in chat or "tool_call" in chat:
-            add("tools")
-        if "<think>" in chat and "</think>" in chat:
-            add("thinking")
+        for capability in templates.chat_template_capabilities(info.chat_template):
+            add(capability)
     for capability in config.capabilities:
         add(capability)
     return capabilities

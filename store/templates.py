@@ -235,6 +235,9 @@ class TemplateInspector(Protocol):
         Never raises: a template that does not parse enables nothing.
         """
 
+    def chat_template_capabilities(self, chat_template: str) -> list[str]:
+        """What a GGUF ``tokenizer.chat_template`` (Jinja) enables, for models with no TEMPLATE."""
+
 
 @attrs.frozen
 class NullTemplateInspector:
@@ -249,4 +252,7 @@ class NullTemplateInspector:
         return None
 
     def capabilities(self, text: str) -> list[str]:
+        return []
+
+    def chat_template_capabilities(self, chat_template: str) -> list[str]:
         return []

@@ -107,3 +107,13 @@ def test_null_inspector_accepts_everything_and_reads_nothing() -> None:
     null = NullTemplateInspector()
     null.check("{{ if .System }}")
     assert null.capabilities("{{ if .Tools }}{{ json .Tools }}{{ end }}{{ .Suffix }}") == []
+
+
+def test_chat_template_capabilities_through_the_inspector() -> None:
+    from trillama.actors.prompt.inspector import GoTemplateInspector
+    from trillama.store.templates import NullTemplateInspector
+
+    jinja = "{% for m in messages %}{{ m.content }}{% endfor %}{% if tools %}<tool_call>{% endif %}<think></think>"
+    assert GoTemplateInspector().chat_template_capabilities(jinja) == ["tools", "thinking"]
+    assert GoTemplateInspector().chat_template_capabilities("{{ messages }}") == []
+    assert NullTemplateInspector().chat_template_capabilities(jinja) == []

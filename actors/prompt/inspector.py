@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import attrs
 
-from trillama.actors.prompt.capabilities import template_capabilities
+from trillama.actors.prompt.capabilities import chat_template_capabilities, template_capabilities
 from trillama.actors.prompt.gotemplate import TemplateError, parse_template
 
 __all__ = ["GoTemplateInspector"]
@@ -38,4 +38,9 @@ class GoTemplateInspector:
             found = template_capabilities(text)
         except TemplateError:
             return []
+        return [capability for capability in _ORDER if capability in found]
+
+    def chat_template_capabilities(self, chat_template: str) -> list[str]:
+        """The same capabilities read off a GGUF Jinja chat template (Ollama's substring rules)."""
+        found = chat_template_capabilities(chat_template)
         return [capability for capability in _ORDER if capability in found]
