@@ -1,0 +1,421 @@
+"""The Trio side of a runner process: spawn it, talk to it, notice when it dies.
+
+One :class:`Runner` is one OS process with one model loaded. It owns four background tasks —
+stdout reader (frames → events), stderr reader (log tail), stdin writer, and the process waiter —
+and those tasks need an owner. The preferred one is :meth:`Runner.open`::
+
+    async with Runner.open(spec) as runner:
+        async with aclosing(runner.run_job("job-1", GenerateJob(prompt="Hi"))) as events:
+            async for event in events:
+                ...
+
+which opens its own nursery; :meth:`Runner.start` puts the tasks in a nursery the caller owns.
+
+Routing is by id: each job has an unbounded memory channel the stdout reader pushes into, so a
+slow consumer never stalls the reader (and through it every other stream of the model).
+Commands go through an outbox channel drained by the writer task, which is why leaving a job
+early can send ``cancel`` synchronously from a ``finally`` even while being cancelled.
+
+When the process exits, every job still in flight gets one :class:`Failed` with
+:data:`RUNNER_DIED_MESSAGE` (kind ``runner_died``) unless the exit was asked for, pending
+requests raise :class:`RunnerRequestError`, and :attr:`Runner.died` is set.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import math
+import os
+import sys
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import attrs
+import trio
+
+from trillama.actors.runner import protocol as P
+from trillama.actors.runner.spawn import ChildProcess, spawn
+from trillama.actors.runner.messages import (
+    RUNNER_DIED_MESSAGE,
+    Done,
+    Event,
+    Failed,
+    GenerateJob,
+    Piece,
+    RunnerError,
+    RunnerFacts,
+    RunnerRequestError,
+    RunnerSpec,
+    SlotState,
+    converter,
+)
+from trillama.logs import get_logger
+
+__all__ = [
+    "Runner",
+    "RunnerSpec",
+    "GenerateJob",
+    "Piece",
+    "Done",
+    "Failed",
+    "SlotState",
+    "RunnerFacts",
+    "RunnerError",
+    "RunnerRequestError",
+    "RUNNER_DIED_MESSAGE",
+]
+
+log = get_logger("trillama.actors.runner")
+
+#: stderr lines kept for error messages (a failed load explains itself in its last lines)
+_STDERR_TAIL = 40
+_READ_CHUNK = 65536
+
+
+@attrs.define(eq=False)
+class _Pending:
+    event: trio.Event = attrs.Factory(trio.Event)
+    result: Any = None
+    error: tuple[str, str] | None = None
+
+
+class Runner:
+    """A running runner process. Create with :meth:`open` or :meth:`start`, never directly."""
+
+    def __init__(self, spec: RunnerSpec, process: ChildProcess, *, forward_stderr: bool) -> None:
+        self.spec = spec
+        self._process = process
+        self.pid: int = process.pid
+        self.facts: RunnerFacts | None = None
+        #: set once the process has exited, for whatever reason
+        self.died = trio.Event()
+        #: why it exited ("exited with code 1", "killed by signal 9"…), None while running
+        self.exit_message: str | None = None
+        self.returncode: int | None = None
+        self._forward_stderr = forward_stderr
+        self._closing = False
+        self._load_error: str | None = None
+        self._ready = trio.Event()
+        self._stdout_done = trio.Event()
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
+        self._jobs: dict[str, trio.MemorySendChannel] = {}
+        self._requests: dict[int, _Pending] = {}
+        self._req_ids = itertools.count(1)
+        self._out_send, self._out_recv = trio.open_memory_channel(math.inf)
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, spec: RunnerSpec, *, verbose: bool = False, forward_stderr: bool = True) -> AsyncIterator["Runner"]:
+        """Start a runner whose background tasks live in a nursery of this context manager.
+
+        The runner is stopped and reaped when the block exits. Errors are not wrapped in an
+        exception group: a failed load raises :class:`RunnerError`, an error in the block raises
+        itself (the background tasks never raise, so the nursery only ever carries one error).
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                runner = await cls.start(spec, nursery, verbose=verbose, forward_stderr=forward_stderr)
+                try:
+                    yield runner
+                finally:
+                    await runner.aclose()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+    @classmethod
+    async def start(
+        cls,
+        spec: RunnerSpec,
+        nursery: trio.Nursery,
+        *,
+        verbose: bool = False,
+        forward_stderr: bool = True,
+    ) -> "Runner":
+        """Spawn the process, wait until the model is loaded, and return the runner.
+
+        Raises :class:`RunnerError` when the model does not load (the process is reaped first).
+        The background tasks run in ``nursery`` and end by themselves once the process is gone.
+        """
+        argv = [
+            sys.executable,
+            "-m",
+            "trillama.actors.runner",
+            "--spec",
+            json.dumps(converter.unstructure(spec)),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+        if verbose:
+            argv.append("--verbose")
+        try:
+            process = await spawn(argv)
+        except OSError as exc:
+            raise RunnerError(f"unable to start the model runner: {exc}") from exc
+        runner = cls(spec, process, forward_stderr=forward_stderr)
+        nursery.start_soon(runner._read_stdout)
+        nursery.start_soon(runner._read_stderr)
+        nursery.start_soon(runner._write_stdin)
+        nursery.start_soon(runner._watch_process)
+        try:
+            await runner._ready.wait()
+        except BaseException:
+            await runner.kill()
+            raise
+        if runner.facts is None:
+            await runner.kill()
+            raise RunnerError(runner._failure_message())
+        log.info("runner_started", pid=runner.pid, model=str(spec.model_path), load_seconds=round(runner.facts.load_seconds, 3))
+        return runner
+
+    def _failure_message(self) -> str:
+        message = self._load_error or f"model runner {self.exit_message or 'exited'} while loading"
+        errors = [line for line in self._stderr_tail if "error" in line.lower() and "load_failed" not in line]
+        if errors:
+            detail = errors[-1].strip()
+            if detail not in message:
+                message = f"{message}: {detail}"
+        return message
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Ask the process to stop, kill it after ``grace`` seconds, and always reap it."""
+        with trio.CancelScope(shield=True):
+            if not self.died.is_set():
+                self._closing = True
+                self._post([P.OP_STOP])
+                with trio.move_on_after(grace):
+                    await self.died.wait()
+            await self.kill()
+
+    async def kill(self) -> None:
+        """Kill the process (if still running) and return once it is reaped and finalized."""
+        with trio.CancelScope(shield=True):
+            if self._process.returncode is None:
+                self._closing = True
+                self._process.kill()
+            code = await self._process.wait()
+            with trio.move_on_after(5):
+                await self.died.wait()
+            if not self.died.is_set():  # the watcher task is gone (its nursery was cancelled)
+                self._finalize(code)
+
+    @property
+    def running(self) -> bool:
+        return not self.died.is_set()
+
+    @property
+    def stderr_tail(self) -> list[str]:
+        return list(self._stderr_tail)
+
+    # ------------------------------------------------------------------ background tasks
+    async def _read_stdout(self) -> None:
+        decoder = P.FrameDecoder()
+        stream = self._process.stdout
+        try:
+            while True:
+                data = await stream.receive_some(_READ_CHUNK)
+                if not data:
+                    break
+                for frame in decoder.feed(data):
+                    for event in frame:
+                        self._dispatch(event)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception as exc:  # garbage on the pipe or a malformed event: the peer is broken
+            log.error("runner_protocol_error", pid=self.pid, error=repr(exc))
+            self._process.kill()
+        finally:
+            self._stdout_done.set()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _read_stderr(self) -> None:
+        stream = self._process.stderr
+        partial = b""
+        try:
+            while True:
+                data = await stream.receive_some(_READ_CHUNK)
+                if not data:
+                    break
+                if self._forward_stderr:
+                    try:
+                        os.write(2, data)
+                    except OSError:
+                        pass
+                lines = (partial + data).split(b"\n")
+                partial = lines.pop()
+                for line in lines:
+                    self._stderr_tail.append(line.decode("utf-8", errors="replace"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+        if partial:
+            self._stderr_tail.append(partial.decode("utf-8", errors="replace"))
+
+    async def _write_stdin(self) -> None:
+        stream = self._process.stdin
+        try:
+            async for data in self._out_recv:
+                chunks = [data]
+                while True:  # coalesce whatever else is queued into one write
+                    try:
+                        chunks.append(self._out_recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await stream.send_all(b"".join(chunks) if len(chunks) > 1 else data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the process is gone; _watch_process reports it
+        except Exception as exc:  # never let a background task take the owner's nursery down
+            log.error("runner_write_failed", pid=self.pid, error=repr(exc))
+            self._process.kill()
+        finally:
+            try:
+                await stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+    async def _watch_process(self) -> None:
+        code = await self._process.wait()
+        # The last frames (a load error, final tokens) may still be in the pipe: read them first.
+        with trio.move_on_after(5):
+            await self._stdout_done.wait()
+        self._finalize(code)
+
+    def _finalize(self, code: int) -> None:
+        """The process is gone: fail what is in flight, wake every waiter. Runs once."""
+        if self.died.is_set():
+            return
+        self.returncode = code
+        self.exit_message = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        if not self._closing and self.facts is not None:
+            log.error("runner_died", pid=self.pid, reason=self.exit_message, stderr_tail=self.stderr_tail[-5:])
+        else:
+            log.info("runner_exited", pid=self.pid, reason=self.exit_message)
+        jobs, self._jobs = self._jobs, {}
+        for channel in jobs.values():
+            self._deliver(channel, Failed(RUNNER_DIED_MESSAGE, "runner_died"))
+            channel.close()
+        requests, self._requests = self._requests, {}
+        for pending in requests.values():
+            pending.error = (RUNNER_DIED_MESSAGE, "runner_died")
+            pending.event.set()
+        self._out_send.close()
+        self._ready.set()
+        self.died.set()
+
+    # ------------------------------------------------------------------ frames in
+    @staticmethod
+    def _deliver(channel: trio.MemorySendChannel, event: Event) -> None:
+        try:
+            channel.send_nowait(event)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the consumer left; its cancel is already on the way
+
+    def _dispatch(self, event: list) -> None:
+        tag = event[0]
+        if tag == P.EV_PIECE:
+            channel = self._jobs.get(event[1])
+            if channel is not None:
+                self._deliver(channel, Piece(event[2], event[3]))
+        elif tag == P.EV_DONE:
+            channel = self._jobs.pop(event[1], None)
+            if channel is not None:
+                self._deliver(channel, Done(**event[2]))
+                channel.close()
+        elif tag == P.EV_FAILED:
+            channel = self._jobs.pop(event[1], None)
+            if channel is not None:
+                self._deliver(channel, Failed(event[2], event[3]))
+                channel.close()
+        elif tag == P.EV_REPLY or tag == P.EV_ERROR:
+            pending = self._requests.pop(event[1], None)
+            if pending is not None:
+                if tag == P.EV_REPLY:
+                    pending.result = event[2]
+                else:
+                    pending.error = (event[2], event[3])
+                pending.event.set()
+        elif tag == P.EV_READY:
+            self.facts = converter.structure(event[1], RunnerFacts)
+            self._ready.set()
+        elif tag == P.EV_LOAD_FAILED:
+            self._load_error = event[1]
+        else:
+            log.warning("runner_unknown_event", pid=self.pid, tag=tag)
+
+    # ------------------------------------------------------------------ frames out
+    def _post(self, message: list) -> None:
+        try:
+            self._out_send.send_nowait(P.encode_frame(message))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _request(self, op: str, *args: Any) -> Any:
+        if self.died.is_set():
+            raise RunnerRequestError(RUNNER_DIED_MESSAGE, "runner_died")
+        req_id = next(self._req_ids)
+        pending = _Pending()
+        self._requests[req_id] = pending
+        self._post([op, req_id, *args])
+        try:
+            await pending.event.wait()
+        finally:
+            self._requests.pop(req_id, None)
+        if pending.error is not None:
+            raise RunnerRequestError(*pending.error)
+        return pending.result
+
+    # ------------------------------------------------------------------ public operations
+    async def run_job(self, job_id: str, job: GenerateJob) -> AsyncIterator[Event]:
+        """Run one generation; yields :class:`Piece` events, then one :class:`Done` or :class:`Failed`.
+
+        Leaving early — ``aclose()`` of the generator (use ``contextlib.aclosing``) or
+        cancellation — sends ``cancel`` and the runner frees the slot at its next decode step.
+        """
+        if self.died.is_set():
+            yield Failed(RUNNER_DIED_MESSAGE, "runner_died")
+            return
+        if job_id in self._jobs:
+            raise ValueError(f"job id already running: {job_id}")
+        send, receive = trio.open_memory_channel(math.inf)
+        self._jobs[job_id] = send
+        self._post([P.OP_GENERATE, job_id, converter.unstructure(job)])
+        finished = False
+        try:
+            async for event in receive:
+                if type(event) is not Piece:
+                    finished = True
+                yield event
+                if finished:
+                    return
+        finally:
+            receive.close()
+            if not finished and self._jobs.pop(job_id, None) is not None:
+                self._post([P.OP_CANCEL, job_id])
+
+    async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Tokens of ``text`` (special tokens parsed); ``add_special`` adds BOS/EOS as the model does."""
+        return await self._request(P.OP_TOKENIZE, text, add_special)
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        return await self._request(P.OP_DETOKENIZE, list(tokens))
+
+    async def embed(self, inputs: list[str], truncate: bool = True) -> tuple[list[list[float]], list[int]]:
+        """Raw (unnormalised) mean-pooled vectors and the token count of each input.
+
+        An input longer than the context raises :class:`RunnerRequestError` with kind
+        ``context_exceeded`` unless ``truncate``.
+        """
+        vectors, counts = await self._request(P.OP_EMBED, list(inputs), bool(truncate))
+        return vectors, counts
+
+    async def slots(self) -> list[SlotState]:
+        """The state of every slot as of the runner's next step (busy, job id, cached tokens)."""
+        states = await self._request(P.OP_SLOTS)
+        return [SlotState(**s) for s in states]

@@ -1,0 +1,482 @@
+"""The continuous-batching loop: N slots, one llama context, one ``llama_decode`` per step.
+
+One step is:
+
+1. apply commands that arrived since the last step (new jobs, cancels, slot queries, embeds);
+2. give waiting jobs free slots — the free slot whose cached tokens share the longest prefix with
+   the job's prompt, so a chat's next turn evaluates only its new tokens;
+3. build ONE batch: the next token of every generating slot first, then chunks of pending
+   prompts with what is left of ``n_batch`` (a long prompt is prefilled over several steps while
+   the other streams keep getting a token per step);
+4. ``llama_decode`` (the GIL is released inside it);
+5. sample every slot that produced logits (with that slot's own chain and its own logits row),
+   stream text, check stop conditions, and send all events of the step in one frame.
+
+A job that finishes or is cancelled leaves its slot at once; the slot keeps the tokens that are in
+its KV cache, for prefix reuse. Everything here runs on one thread: no locks in the hot path,
+and the commands deque is the only thing other threads touch.
+
+Context full while generating: with ``shift`` (Ollama's default) the slot keeps its first
+``num_keep`` tokens, drops half of the rest, shifts positions down and goes on; without it, or
+when the model's memory cannot shift, the job ends with ``done_reason: "length"``. A prompt that
+does not fit the job's context at all is refused up front with kind ``context_exceeded``.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Callable
+
+import attrs
+import llama_cpp as L
+
+from trillama.actors.runner import protocol as P
+from trillama.actors.runner.embedding import ContextExceeded, Embedder
+from trillama.actors.runner.logprobs import token_logprob_entry
+from trillama.actors.runner.messages import GenerateJob
+from trillama.actors.runner.native import Batch, Model
+from trillama.actors.runner.sampling import GrammarError, SamplerChain, build_chain
+from trillama.actors.runner.textstream import TextStream
+from trillama.logs import get_logger
+
+__all__ = ["Engine", "JobError", "Job", "Slot", "common_prefix"]
+
+log = get_logger("trillama.runner.engine")
+
+PROMPT_TOO_LONG = (
+    "the prompt is longer than the context length currently available to the model; shorten the "
+    "prompt, adjust the context length in settings, or use a model with a longer context length"
+)
+
+_JOB_FIELDS = frozenset(f.name for f in attrs.fields(GenerateJob))
+
+
+class JobError(Exception):
+    """A job cannot start; ``kind`` as in ``Failed.kind``."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+
+
+@attrs.define(eq=False)
+class Job:
+    """A job inside the runner: its prompt, its sampler, and where it is in its life."""
+
+    job_id: str
+    prompt: list[int]
+    chain: SamplerChain
+    stream: TextStream
+    limit: int  # tokens this job may occupy in its slot (the request's num_ctx)
+    max_new: int  # tokens it may generate
+    num_keep: int
+    shift: bool
+    logprobs: bool
+    top_logprobs: int
+    pending: list[int] = attrs.Factory(list)  # prompt tokens not yet in the KV cache
+    generated: list[int] = attrs.Factory(list)
+    last: int = -1  # sampled, not yet decoded
+    i_batch: int = -1  # index of this job's output row in the current batch, -1 if none
+    cached_count: int = 0
+    t_start: int = 0
+    t_first: int = 0
+    held_logprobs: list = attrs.Factory(list)
+
+
+@attrs.define(eq=False)
+class Slot:
+    """One sequence of the shared context; ``cached[i]`` is the token at KV position ``i``."""
+
+    seq: int
+    cached: list[int] = attrs.Factory(list)
+    job: Job | None = None
+    last_used: int = 0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:  # the usual case for a chat's next turn, compared in C
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]; halve with slice compares (in C)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class Engine:
+    """Owns the generation context and its slots. Call :meth:`run` on the decode thread."""
+
+    def __init__(
+        self,
+        model: Model,
+        ctx: int,
+        *,
+        n_ctx: int,
+        n_parallel: int,
+        n_batch: int,
+        n_threads: int,
+        emit: Callable[[list], None],
+    ) -> None:
+        self.model = model
+        self.ctx = ctx
+        self.mem = L.llama_get_memory(ctx)
+        self.can_shift = bool(L.llama_memory_can_shift(self.mem))
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.n_threads = n_threads
+        self.batch = Batch(n_batch)
+        self.slots = [Slot(seq=i) for i in range(n_parallel)]
+        self.active: list[Slot] = []  # slots with a job, in admission order
+        self.queue: collections.deque[Job] = collections.deque()  # jobs waiting for a slot
+        self.commands: collections.deque[tuple] = collections.deque()
+        self.wake = threading.Event()
+        self.stopping = False
+        self.emit = emit
+        self._embedder: Embedder | None = None
+
+    # ------------------------------------------------------------------ called from other threads
+    def submit(self, command: tuple) -> None:
+        self.commands.append(command)
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+
+    def prepare(self, job_id: str, spec: dict) -> Job:
+        """Tokenize and validate a job, build its sampler (reader thread: keeps the loop lean)."""
+        unknown = set(spec) - _JOB_FIELDS
+        if unknown:
+            raise JobError(f"unknown job fields: {sorted(unknown)}", "bad_request")
+        model = self.model
+        tokens = [int(t) for t in (spec.get("prompt_tokens") or [])]
+        for t in tokens:
+            if not 0 <= t < model.n_vocab:
+                raise JobError(f"token {t} is outside the vocabulary", "bad_request")
+        text = spec.get("prompt") or ""
+        text_tokens = model.tokenize(text, add_special=False, parse_special=True) if text else []
+        add_bos = spec.get("add_bos")
+        if add_bos is None:
+            add_bos = model.add_bos
+        if add_bos and not tokens and model.bos >= 0 and text_tokens[:1] != [model.bos]:
+            tokens.append(model.bos)
+        tokens.extend(text_tokens)
+        if not tokens:
+            raise JobError("empty prompt", "bad_request")
+        limit = self.n_ctx
+        if spec.get("num_ctx"):
+            limit = max(1, min(int(spec["num_ctx"]), self.n_ctx))
+        if len(tokens) > limit:
+            raise JobError(PROMPT_TOO_LONG, "context_exceeded")
+        top = int(spec.get("top_logprobs") or 0)
+        if not 0 <= top <= 20:
+            raise JobError("top_logprobs must be between 0 and 20", "bad_request")
+        num_predict = int(spec.get("num_predict", -1))
+        try:
+            chain = build_chain(model, spec, n_ctx=limit)
+        except GrammarError as exc:
+            raise JobError(str(exc), "bad_grammar") from None
+        if chain.penalties:
+            last_n = int(spec.get("repeat_last_n", 64))
+            chain.seed_history(tokens[-(limit if last_n < 0 else last_n) :])
+        return Job(
+            job_id=job_id,
+            prompt=tokens,
+            chain=chain,
+            stream=TextStream(tuple(spec.get("stop") or ())),
+            limit=limit,
+            max_new=num_predict if num_predict >= 0 else 10 * limit,
+            num_keep=int(spec.get("num_keep", 4)),
+            shift=bool(spec.get("shift", True)),
+            logprobs=bool(spec.get("logprobs")) or top > 0,
+            top_logprobs=top,
+        )
+
+    # ------------------------------------------------------------------ the decode thread
+    def run(self) -> None:
+        while not self.stopping:
+            if not self.active and not self.queue and not self.commands:
+                self.wake.wait()
+            self.wake.clear()
+            try:
+                self._apply_commands()
+                if self.queue:
+                    self._admit()
+                if self.active:
+                    self.step()
+            except Exception as exc:  # keep the process (and the other models' server) alive
+                log.exception("engine_step_failed")
+                self._fail_everything(f"internal error: {exc}")
+
+    def _apply_commands(self) -> None:
+        commands = self.commands
+        while commands:
+            cmd = commands.popleft()
+            op = cmd[0]
+            if op == P.OP_GENERATE:
+                self.queue.append(cmd[1])
+            elif op == P.OP_CANCEL:
+                self._cancel(cmd[1])
+            elif op == P.OP_SLOTS:
+                self.emit([[P.EV_REPLY, cmd[1], self.slot_states()]])
+            elif op == P.OP_EMBED:
+                self._embed(cmd[1], cmd[2], cmd[3])
+
+    def slot_states(self) -> list[dict]:
+        return [
+            {
+                "seq": s.seq,
+                "busy": s.job is not None,
+                "job_id": s.job.job_id if s.job is not None else None,
+                "n_cached": len(s.cached),
+            }
+            for s in self.slots
+        ]
+
+    def _cancel(self, job_id: str) -> None:
+        for job in self.queue:
+            if job.job_id == job_id:
+                self.queue.remove(job)
+                job.chain.free()
+                return
+        for slot in self.active:
+            if slot.job.job_id == job_id:
+                self._release(slot)
+                log.debug("job_cancelled", job_id=job_id, seq=slot.seq, n_cached=len(slot.cached))
+                return
+
+    def _embed(self, req_id: int, inputs: list[str], truncate: bool) -> None:
+        try:
+            if self._embedder is None:
+                self._embedder = Embedder(self.model, n_ctx=self.n_ctx, n_threads=self.n_threads)
+            vectors, counts = self._embedder.embed(list(inputs), bool(truncate))
+        except ContextExceeded as exc:
+            self.emit([[P.EV_ERROR, req_id, str(exc), "context_exceeded"]])
+        except Exception as exc:
+            log.exception("embed_failed")
+            self.emit([[P.EV_ERROR, req_id, str(exc), "internal"]])
+        else:
+            self.emit([[P.EV_REPLY, req_id, [vectors, counts]]])
+
+    def _admit(self) -> None:
+        now = time.monotonic_ns()
+        while self.queue:
+            free = [s for s in self.slots if s.job is None]
+            if not free:
+                return
+            job = self.queue.popleft()
+            prompt = job.prompt
+            best, best_key = None, None
+            for slot in free:
+                k = common_prefix(slot.cached, prompt)
+                key = (k, not slot.cached, -slot.last_used)
+                if best_key is None or key > best_key:
+                    best, best_key = slot, key
+            slot = best
+            k = min(best_key[0], len(prompt) - 1)  # re-decode >= 1 token: its logits are needed
+            if k < len(slot.cached):
+                if not L.llama_memory_seq_rm(self.mem, slot.seq, k, -1):
+                    L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+                    k = 0
+                del slot.cached[k:]
+            job.pending = prompt[k:]
+            job.cached_count = k
+            job.t_start = now
+            slot.job = job
+            self.active.append(slot)
+
+    def _release(self, slot: Slot) -> None:
+        job = slot.job
+        if job is not None:
+            job.chain.free()
+        slot.job = None
+        slot.last_used = time.monotonic_ns()
+        self.active.remove(slot)
+
+    def _make_room(self, slot: Slot, job: Job) -> bool:
+        """Context shift: keep ``num_keep`` tokens, drop half of the rest, slide positions down."""
+        if not (job.shift and self.can_shift):
+            return False
+        n_past = len(slot.cached)
+        keep = max(0, min(job.num_keep, n_past - 1))
+        if keep == 0 and slot.cached and slot.cached[0] == self.model.bos and self.model.add_bos:
+            keep = 1
+        discard = (n_past - keep) // 2
+        if discard <= 0:
+            return False
+        mem, seq = self.mem, slot.seq
+        if not L.llama_memory_seq_rm(mem, seq, keep, keep + discard):
+            return False
+        L.llama_memory_seq_add(mem, seq, keep + discard, -1, -discard)
+        del slot.cached[keep : keep + discard]
+        log.debug("context_shift", job_id=job.job_id, seq=seq, keep=keep, discard=discard)
+        return True
+
+    def step(self) -> None:
+        """Build one batch, decode it, sample, emit. The per-token hot path."""
+        batch = self.batch
+        tok_arr, pos_arr, seq_arr, out_arr = batch.token, batch.pos, batch.seq, batch.logits
+        events: list = []
+        n = 0
+        for slot in self.active[:]:
+            job = slot.job
+            if job.pending:
+                continue
+            cached = slot.cached
+            n_past = len(cached)
+            if n_past >= job.limit and not self._make_room(slot, job):
+                self._finish(slot, "length", events)
+                continue
+            n_past = len(cached)
+            tok_arr[n] = job.last
+            pos_arr[n] = n_past
+            seq_arr[n] = slot.seq
+            out_arr[n] = 1
+            job.i_batch = n
+            cached.append(job.last)
+            n += 1
+        budget = self.n_batch - n
+        if budget > 0:
+            for slot in self.active:
+                job = slot.job
+                pending = job.pending
+                if not pending:
+                    continue
+                take = pending[:budget]
+                rest = pending[budget:]
+                n = batch.add_run(n, take, len(slot.cached), slot.seq, logits_last=not rest)
+                slot.cached.extend(take)
+                job.pending = rest
+                job.i_batch = -1 if rest else n - 1
+                budget -= len(take)
+                if budget <= 0:
+                    break
+        if n == 0:
+            if events:
+                self.emit(events)
+            return
+        batch.struct.n_tokens = n
+        rc = L.llama_decode(self.ctx, batch.struct)
+        if rc != 0:
+            self._decode_failed(rc, events)
+            return
+        self._sample_all(events)
+        if events:
+            self.emit(events)
+
+    def _sample_all(self, events: list) -> None:
+        ctx = self.ctx
+        model = self.model
+        sample = L.llama_sampler_sample
+        pieces = model.pieces
+        now = 0
+        for slot in self.active[:]:
+            job = slot.job
+            i = job.i_batch
+            if i < 0:
+                continue
+            job.i_batch = -1
+            if not job.t_first:
+                now = now or time.monotonic_ns()
+                job.t_first = now
+                if job.max_new == 0:
+                    self._finish(slot, "length", events)
+                    continue
+            tok = sample(job.chain.ptr, ctx, i)
+            if model.is_eog(tok):
+                self._finish(slot, "stop", events)
+                continue
+            job.generated.append(tok)
+            data = pieces.get(tok)
+            if data is None:
+                data = model.piece(tok)
+            text, stopped = job.stream.push(data)
+            if job.logprobs:
+                job.held_logprobs.append(
+                    token_logprob_entry(ctx, i, model.n_vocab, tok, job.top_logprobs, model.piece)
+                )
+            if stopped:
+                self._finish(slot, "stop", events, text=text, flush=False)
+                continue
+            if len(job.generated) >= job.max_new:
+                self._finish(slot, "length", events, text=text)
+                continue
+            if text:
+                if job.logprobs:
+                    events.append([P.EV_PIECE, job.job_id, text, job.held_logprobs])
+                    job.held_logprobs = []
+                else:
+                    events.append([P.EV_PIECE, job.job_id, text, None])
+            job.last = tok
+
+    def _finish(self, slot: Slot, reason: str, events: list, *, text: str = "", flush: bool = True) -> None:
+        job = slot.job
+        now = time.monotonic_ns()
+        if flush:
+            text += job.stream.flush()
+        if text or job.held_logprobs:
+            events.append([P.EV_PIECE, job.job_id, text, job.held_logprobs if job.logprobs else None])
+            job.held_logprobs = []
+        t_first = job.t_first or now
+        events.append(
+            [
+                P.EV_DONE,
+                job.job_id,
+                {
+                    "done_reason": reason,
+                    "prompt_eval_count": len(job.prompt) - job.cached_count,
+                    "prompt_eval_duration_ns": t_first - job.t_start,
+                    "eval_count": len(job.generated),
+                    "eval_duration_ns": now - t_first,
+                    "context": job.prompt + job.generated,
+                    "cached_count": job.cached_count,
+                },
+            ]
+        )
+        self._release(slot)
+
+    def _decode_failed(self, rc: int, events: list) -> None:
+        """Fail the jobs that had tokens in the failed batch and forget their (now unknown) KV."""
+        log.error("decode_failed", rc=rc)
+        message = f"llama_decode failed ({rc})"
+        for slot in self.active[:]:
+            job = slot.job
+            # every active job contributed (a generating token or a prefill chunk) unless its
+            # prefill had to wait for budget; failing all active jobs is the safe side
+            L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+            slot.cached.clear()
+            events.append([P.EV_FAILED, job.job_id, message, "decode_failed"])
+            self._release(slot)
+        self.emit(events)
+
+    def _fail_everything(self, message: str) -> None:
+        events = []
+        for slot in self.active[:]:
+            events.append([P.EV_FAILED, slot.job.job_id, message, "internal"])
+            self._release(slot)
+        while self.queue:
+            job = self.queue.popleft()
+            job.chain.free()
+            events.append([P.EV_FAILED, job.job_id, message, "internal"])
+        L.llama_memory_clear(self.mem, True)
+        for slot in self.slots:
+            slot.cached.clear()
+        if events:
+            try:
+                self.emit(events)
+            except Exception:
+                log.exception("emit_failed")
+
+    def close(self) -> None:
+        for slot in self.active[:]:
+            self._release(slot)
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None

@@ -1,0 +1,188 @@
+"""The values that cross the server↔runner boundary, as the Trio side sees them.
+
+They live in their own module (no Trio, no llama.cpp imports) so that both halves can share them:
+the runner process unpacks jobs with the same field names the client packs, and the client builds
+events from the runner's compact tuples. cattrs does the (un)structuring at that edge only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+import attrs
+import cattrs
+
+__all__ = [
+    "RUNNER_DIED_MESSAGE",
+    "RunnerSpec",
+    "GenerateJob",
+    "Piece",
+    "Done",
+    "Failed",
+    "SlotState",
+    "RunnerFacts",
+    "RunnerError",
+    "RunnerRequestError",
+    "Event",
+    "converter",
+]
+
+#: What Ollama says when its runner vanishes mid-request; clients and tests match on it.
+RUNNER_DIED_MESSAGE = (
+    "model runner has unexpectedly stopped, this may be due to resource limitations or an internal "
+    "error, check ollama server logs for details"
+)
+
+
+@attrs.frozen
+class RunnerSpec:
+    """Everything a runner process needs to load one model; a different spec means a new process.
+
+    ``n_ctx`` is the context *per slot*: every one of the ``n_parallel`` slots can hold that many
+    tokens (Ollama's ``num_ctx`` with ``OLLAMA_NUM_PARALLEL`` slots).
+    """
+
+    model_path: Path = attrs.field(converter=Path)
+    n_ctx: int = attrs.field(validator=attrs.validators.ge(1))
+    n_parallel: int = attrs.field(validator=[attrs.validators.ge(1), attrs.validators.le(256)])
+    n_threads: int = attrs.field(validator=attrs.validators.ge(1))
+    n_batch: int = attrs.field(default=512, validator=attrs.validators.ge(1))
+    n_gpu_layers: int = 0
+    flash_attn: bool | None = None
+    kv_cache_type: str = attrs.field(
+        default="f16", validator=attrs.validators.in_(("f16", "q8_0", "q4_0"))
+    )
+    use_mmap: bool = True
+    adapters: tuple[Path, ...] = attrs.field(
+        default=(), converter=lambda xs: tuple(Path(x) for x in xs)
+    )
+
+
+@attrs.frozen
+class GenerateJob:
+    """One completion request, already rendered to text by the prompt layer.
+
+    Defaults are Ollama's option defaults, so a caller only sets what the request set.
+    ``prompt_tokens`` go *before* the tokens of ``prompt`` (Ollama's ``context`` field);
+    ``add_bos`` ``None`` means "as the model's tokenizer says" and is ignored when
+    ``prompt_tokens`` are given (they already start the sequence).
+    """
+
+    prompt: str = ""
+    prompt_tokens: list[int] | None = None
+    add_bos: bool | None = None
+    num_predict: int = -1
+    stop: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1
+    grammar: str | None = None
+    logprobs: bool = False
+    top_logprobs: int = attrs.field(default=0, validator=[attrs.validators.ge(0), attrs.validators.le(20)])
+    num_keep: int = 4
+    shift: bool = True
+    num_ctx: int | None = None
+
+
+@attrs.frozen
+class Piece:
+    """Text that is safe to show (no partial UTF-8, no possible start of a stop string).
+
+    ``logprobs`` holds one Ollama-shaped entry per generated token whose text is (now) released,
+    or ``None`` when the job did not ask for them.
+    """
+
+    text: str
+    logprobs: list[dict] | None = None
+
+
+@attrs.frozen
+class Done:
+    """The last event of a successful job.
+
+    ``prompt_eval_count`` counts the prompt tokens actually evaluated; ``cached_count`` the ones
+    reused from the slot's cache, so their sum is the prompt length. ``context`` is prompt plus
+    generated tokens (Ollama's ``context``).
+    """
+
+    done_reason: str
+    prompt_eval_count: int
+    prompt_eval_duration_ns: int
+    eval_count: int
+    eval_duration_ns: int
+    context: list[int]
+    cached_count: int
+
+
+@attrs.frozen
+class Failed:
+    """The last event of a job that could not complete.
+
+    ``kind`` is machine-readable: ``context_exceeded`` (the API answers 400), ``bad_grammar``,
+    ``bad_request``, ``decode_failed``, ``runner_died``, ``internal``.
+    """
+
+    message: str
+    kind: str
+
+
+Event = Piece | Done | Failed
+
+
+@attrs.frozen
+class SlotState:
+    """One slot as the runner sees it at the moment of the request (for tests and /api/ps-ish views)."""
+
+    seq: int
+    busy: bool
+    job_id: str | None
+    n_cached: int
+
+
+@attrs.frozen
+class RunnerFacts:
+    """What the runner learnt while loading: sizes for the memory ledger and for /api/show."""
+
+    n_ctx: int
+    n_ctx_train: int
+    n_embd: int
+    n_vocab: int
+    n_parallel: int
+    n_batch: int
+    load_seconds: float
+    model_bytes: int
+    rss_bytes: int
+    vram_bytes: int
+    add_bos: bool
+    kv_unified: bool
+    can_shift: bool
+
+
+class RunnerError(Exception):
+    """The runner process could not be started or the model could not be loaded."""
+
+
+class RunnerRequestError(Exception):
+    """A request to a running runner (tokenize, embed…) failed; ``kind`` as in :class:`Failed`."""
+
+    def __init__(self, message: str, kind: str = "internal") -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter()
+    conv.register_unstructure_hook(Path, str)
+    conv.register_structure_hook(Path, lambda value, _type: Path(value))
+    return conv
+
+
+#: The one converter used at the process edge (msgpack frames carry plain dicts and lists).
+converter = _make_converter()

@@ -1,0 +1,347 @@
+"""llama.cpp through llama-cpp-python's low-level bindings: the model, its contexts, and the batch.
+
+Only the runner process imports this module. It wraps exactly what the decode loop needs and
+nothing of the high-level ``Llama`` class, which is single-sequence (see the reference notes §1):
+
+* :func:`load_model` and :class:`Model` — weights, vocabulary, a per-token piece cache;
+* :func:`create_generation_context` — ONE context for all slots (``n_seq_max = n_parallel``);
+* :class:`Batch` — a ``llama_batch`` whose arrays we allocate ourselves, so that the hot loop
+  writes plain ctypes arrays and long prefills are copied in with numpy slices.
+
+Why ``kv_unified = False``: every slot must be able to hold ``n_ctx`` tokens whatever the others
+do. With split KV streams the context holds ``n_ctx × n_parallel`` cells and llama.cpp gives each
+sequence its own stream of ``n_ctx`` cells, so a long conversation can never starve another slot
+of cells mid-generation (``llama_decode`` returning 1), and attention for a token only reads its
+own stream instead of the whole pool. The price is that copying a prefix *between* slots would
+copy whole streams; we never do that — prefix reuse picks the slot that already holds the prefix.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import llama_cpp as L
+import numpy as np
+
+from trillama.logs import get_logger
+
+__all__ = [
+    "LoadError",
+    "Model",
+    "Batch",
+    "load_model",
+    "create_generation_context",
+    "create_embedding_context",
+    "install_log_callback",
+    "gpu_free_bytes",
+    "rss_bytes",
+]
+
+log = get_logger("trillama.runner.native")
+
+_KV_TYPES = {"f16": L.GGML_TYPE_F16, "q8_0": L.GGML_TYPE_Q8_0, "q4_0": L.GGML_TYPE_Q4_0}
+
+
+class LoadError(Exception):
+    """The model or a context could not be created; the message is meant for the user."""
+
+
+# --------------------------------------------------------------------------------------- logging
+# ggml_log_level (ggml.h): NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues a line)
+_WARN, _INFO, _CONT = 3, 2, 5
+_log_state: dict = {"last": _INFO}
+
+
+def install_log_callback(verbose: bool) -> None:
+    """Send llama.cpp's own log lines to stderr: warnings and errors, or also INFO if ``verbose``.
+
+    llama.cpp's error lines ("error loading model: …") are the best explanation of a failed load,
+    so the server keeps the tail of the runner's stderr; hundreds of INFO lines per load would
+    push them out. The callback runs with the GIL re-acquired, which is acceptable because
+    llama.cpp logs at load time and is silent in the decode loop.
+    """
+    threshold = _INFO if verbose else _WARN
+
+    @L.llama_log_callback
+    def _callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        if level == _CONT:
+            level = _log_state["last"]
+        else:
+            _log_state["last"] = level
+        if level >= threshold or level == 0:
+            try:
+                os.write(2, text)
+            except OSError:
+                pass
+
+    _log_state["callback"] = _callback  # keep the ctypes thunk alive for the process lifetime
+    L.llama_log_set(_callback, ctypes.c_void_p(0))
+
+
+# --------------------------------------------------------------------------------------- memory
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux), 0 where it cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            resident_pages = int(fh.read().split()[1])
+        return resident_pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def gpu_free_bytes() -> dict[str, int]:
+    """Free memory per GPU-like ggml device, to measure what the load took (0 devices on CPU).
+
+    llama.h has no per-model memory breakdown; the free-memory delta around the load is the
+    honest number for /api/ps ``size_vram``. The device API lives in libggml; not every build
+    exports it, hence the broad guard.
+    """
+    try:
+        lib_dir = Path(L.__file__).parent / "lib"
+        ggml = ctypes.CDLL(str(lib_dir / "libggml.so"))
+        base = ctypes.CDLL(str(lib_dir / "libggml-base.so"))
+        ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+        ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+        base.ggml_backend_dev_memory.argtypes = [
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_size_t),
+            ctypes.POINTER(ctypes.c_size_t),
+        ]
+        base.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+        base.ggml_backend_dev_type.restype = ctypes.c_int
+        base.ggml_backend_dev_name.argtypes = [ctypes.c_void_p]
+        base.ggml_backend_dev_name.restype = ctypes.c_char_p
+        out: dict[str, int] = {}
+        for i in range(ggml.ggml_backend_dev_count()):
+            dev = ggml.ggml_backend_dev_get(i)
+            if base.ggml_backend_dev_type(dev) not in (1, 2):  # GPU, integrated GPU
+                continue
+            free, total = ctypes.c_size_t(), ctypes.c_size_t()
+            base.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+            out[(base.ggml_backend_dev_name(dev) or b"?").decode()] = free.value
+        return out
+    except Exception:
+        return {}
+
+
+# --------------------------------------------------------------------------------------- model
+class Model:
+    """A loaded model and its vocabulary; safe to tokenize from any thread (llama.h says so)."""
+
+    def __init__(self, ptr: int, path: Path) -> None:
+        self.ptr = ptr
+        self.path = path
+        self.vocab = L.llama_model_get_vocab(ptr)
+        self.n_vocab = int(L.llama_vocab_n_tokens(self.vocab))
+        self.n_embd = int(L.llama_model_n_embd(ptr))
+        #: width of a pooled embedding (differs from n_embd only for a few multimodal archs)
+        self.n_embd_out = int(L.llama_model_n_embd_out(ptr))
+        self.n_ctx_train = int(L.llama_model_n_ctx_train(ptr))
+        self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
+        self.bos = int(L.llama_vocab_bos(self.vocab))
+        self.size_bytes = int(L.llama_model_size(ptr))
+        # token id → bytes of its text (special tokens rendered). Filled lazily: a dict lookup is
+        # an order of magnitude cheaper than a ctypes call per generated token.
+        self.pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        # token id → is end-of-generation; lazily filled for the same reason.
+        self._eog: dict[int, bool] = {}
+
+    def is_eog(self, token: int) -> bool:
+        hit = self._eog.get(token)
+        if hit is None:
+            hit = self._eog[token] = bool(L.llama_vocab_is_eog(self.vocab, token))
+        return hit
+
+    def piece(self, token: int) -> bytes:
+        cached = self.pieces.get(token)
+        if cached is not None:
+            return cached
+        buf = self._piece_buf
+        n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+        if n < 0:  # longer than the buffer: retry with the size llama.cpp asked for
+            big = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self.vocab, token, big, len(big), 0, True)
+            data = big.raw[:n]
+        else:
+            data = buf.raw[:n]
+        self.pieces[token] = data
+        return data
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        while True:
+            arr = (L.llama_token * cap)()
+            n = L.llama_tokenize(self.vocab, data, len(data), arr, cap, add_special, parse_special)
+            if n >= 0:
+                return arr[:n]
+            cap = -n
+
+    def detokenize(self, tokens: list[int], *, render_special: bool = True) -> str:
+        if not tokens:
+            return ""
+        arr = (L.llama_token * len(tokens))(*tokens)
+        cap = max(64, len(tokens) * 8)
+        while True:
+            buf = ctypes.create_string_buffer(cap)
+            n = L.llama_detokenize(self.vocab, arr, len(tokens), buf, cap, False, render_special)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            cap = -n
+
+    def close(self) -> None:
+        if self.ptr:
+            L.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+def load_model(
+    path: Path,
+    *,
+    n_gpu_layers: int,
+    use_mmap: bool,
+) -> Model:
+    if not path.is_file():
+        raise LoadError(f"model file not found: {path}")
+    params = L.llama_model_default_params()
+    params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
+    params.load_mode = L.LLAMA_LOAD_MODE_MMAP if use_mmap else L.LLAMA_LOAD_MODE_NONE
+    ptr = L.llama_model_load_from_file(str(path).encode(), params)
+    if not ptr:
+        raise LoadError(f"unable to load model: {path}")
+    return Model(ptr, path)
+
+
+def _base_context_params(n_threads: int, flash_attn: bool | None, kv_cache_type: str):
+    cp = L.llama_context_default_params()
+    cp.n_threads = n_threads
+    cp.n_threads_batch = n_threads
+    cp.flash_attn_type = (
+        L.LLAMA_FLASH_ATTN_TYPE_AUTO
+        if flash_attn is None
+        else (L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+    )
+    cp.type_k = cp.type_v = _KV_TYPES[kv_cache_type]
+    cp.no_perf = True
+    return cp
+
+
+def create_generation_context(
+    model: Model,
+    *,
+    n_ctx: int,
+    n_parallel: int,
+    n_batch: int,
+    n_threads: int,
+    flash_attn: bool | None,
+    kv_cache_type: str,
+) -> int:
+    """One context whose KV cache gives each of ``n_parallel`` sequences ``n_ctx`` cells."""
+    per_slot = -(-n_ctx // 256) * 256  # llama.cpp pads each stream to 256 cells anyway
+    cp = _base_context_params(n_threads, flash_attn, kv_cache_type)
+    cp.n_ctx = per_slot * n_parallel
+    cp.n_batch = n_batch
+    cp.n_ubatch = min(n_batch, 512)
+    cp.n_seq_max = n_parallel
+    cp.kv_unified = False
+    cp.embeddings = False
+    ctx = L.llama_init_from_model(model.ptr, cp)
+    if not ctx:
+        raise LoadError(
+            "unable to create the model context (out of memory, or the KV cache type needs flash "
+            "attention)"
+        )
+    got = int(L.llama_n_ctx_seq(ctx))
+    if got < n_ctx:
+        L.llama_free(ctx)
+        raise LoadError(f"context per slot is {got} tokens, {n_ctx} were asked")
+    return ctx
+
+
+def create_embedding_context(model: Model, *, n_ctx: int, n_seq: int, n_threads: int) -> int:
+    """A second context on the same weights, pooling token states into one mean vector.
+
+    ``n_batch = n_ubatch = n_ctx``: llama.cpp pools per micro-batch, so a whole input must fit
+    in one. Unified KV because each decode is a fresh set of short, unrelated sequences.
+    """
+    cp = _base_context_params(n_threads, None, "f16")
+    cp.n_ctx = n_ctx
+    cp.n_batch = n_ctx
+    cp.n_ubatch = n_ctx
+    cp.n_seq_max = n_seq
+    cp.kv_unified = True
+    cp.embeddings = True
+    cp.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
+    ctx = L.llama_init_from_model(model.ptr, cp)
+    if not ctx:
+        raise LoadError("unable to create the embedding context")
+    return ctx
+
+
+def apply_adapters(model: Model, ctx: int, paths: tuple[Path, ...]) -> list[int]:
+    """Load LoRA adapters and attach them (scale 1.0) to ``ctx``; returns the adapter handles."""
+    handles = []
+    for path in paths:
+        handle = L.llama_adapter_lora_init(model.ptr, str(path).encode())
+        if not handle:
+            raise LoadError(f"unable to load adapter: {path}")
+        handles.append(handle)
+    if handles:
+        arr = (L.llama_adapter_lora_p_ctypes * len(handles))(*handles)
+        scales = (ctypes.c_float * len(handles))(*([1.0] * len(handles)))
+        if L.llama_set_adapters_lora(ctx, arr, len(handles), scales) != 0:
+            raise LoadError("unable to apply adapters")
+    return handles
+
+
+# --------------------------------------------------------------------------------------- batch
+class Batch:
+    """A ``llama_batch`` over arrays we own.
+
+    ``llama_batch_init`` would allocate one seq-id array per token; we point every token's seq-id
+    pointer into one contiguous int32 array instead, so writing a token is four array stores and
+    a prefill chunk is four numpy slice assignments. ``n_seq_id`` is 1 for every token, forever.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.token = (ctypes.c_int32 * capacity)()
+        self.pos = (ctypes.c_int32 * capacity)()
+        self.seq = (ctypes.c_int32 * capacity)()
+        self.logits = (ctypes.c_int8 * capacity)()
+        self.n_seq_id = (ctypes.c_int32 * capacity)(*([1] * capacity))
+        base = ctypes.addressof(self.seq)
+        int_p = ctypes.POINTER(ctypes.c_int32)
+        self.seq_ptrs = (int_p * capacity)(
+            *[ctypes.cast(base + 4 * i, int_p) for i in range(capacity)]
+        )
+        self.np_token = np.ctypeslib.as_array(self.token)
+        self.np_pos = np.ctypeslib.as_array(self.pos)
+        self.np_seq = np.ctypeslib.as_array(self.seq)
+        self.np_logits = np.ctypeslib.as_array(self.logits)
+        self.struct = L.llama_batch(
+            n_tokens=0,
+            token=ctypes.cast(self.token, ctypes.POINTER(ctypes.c_int32)),
+            embd=None,
+            pos=ctypes.cast(self.pos, ctypes.POINTER(ctypes.c_int32)),
+            n_seq_id=ctypes.cast(self.n_seq_id, ctypes.POINTER(ctypes.c_int32)),
+            seq_id=ctypes.cast(self.seq_ptrs, ctypes.POINTER(int_p)),
+            logits=ctypes.cast(self.logits, ctypes.POINTER(ctypes.c_int8)),
+        )
+
+    def add_run(self, n: int, tokens: list[int], start_pos: int, seq: int, logits_last: bool) -> int:
+        """Append ``tokens`` of one sequence at ``start_pos``; returns the new token count."""
+        k = len(tokens)
+        end = n + k
+        self.np_token[n:end] = tokens
+        self.np_pos[n:end] = np.arange(start_pos, start_pos + k, dtype=np.int32)
+        self.np_seq[n:end] = seq
+        self.np_logits[n:end] = 0
+        if logits_last:
+            self.logits[end - 1] = 1
+        return end
+

@@ -1,0 +1,215 @@
+"""The runner process: load one model, then serve frames on stdin/stdout until told to stop.
+
+Threads: the main thread runs the decode loop (:meth:`Engine.run`); a reader thread parses
+command frames and does what needs no slot — tokenize, detokenize, preparing a job (tokenizing its
+prompt, validating it, building its sampler) — so the decode loop only ever admits ready jobs.
+
+stdout carries frames and nothing else. Native code and Python libraries sometimes print, so fd 1
+is duplicated for frames first and then pointed at stderr: a stray ``printf`` lands in the log,
+never in the middle of a frame.
+
+The process must never outlive the server: it exits at end of stdin (the server closed the pipe
+or died) and, on Linux, asks the kernel for SIGKILL when its parent dies
+(``prctl(PR_SET_PDEATHSIG)``), which also covers a parent killed with ``kill -9`` while this
+process is inside a long native call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from typing import NoReturn
+
+__all__ = ["main"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _claim_stdout() -> int:
+    """Keep the real stdout for frames; everything else that writes to fd 1 goes to stderr."""
+    frames_fd = os.dup(1)
+    os.dup2(2, 1)
+    os.set_inheritable(frames_fd, False)
+    return frames_fd
+
+
+def _die_with_parent(parent_pid: int | None) -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    # The parent may have died before prctl took effect: then we were re-parented already.
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+
+
+class FrameWriter:
+    """Writes whole frames to the frames fd; one lock, because two threads answer."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def send(self, events: list) -> None:
+        from trillama.actors.runner.protocol import encode_frame
+
+        data = memoryview(encode_frame(events))
+        with self.lock:
+            try:
+                while data:
+                    written = os.write(self.fd, data)
+                    data = data[written:]
+            except OSError:  # the server is gone: nobody to serve
+                os._exit(0)
+
+
+def _reader(engine, model, stdin, writer: FrameWriter, log) -> None:
+    from trillama.actors.runner import protocol as P
+    from trillama.actors.runner.engine import JobError
+
+    try:
+        while True:
+            msg = P.read_frame(stdin)
+            if msg is None:
+                # The server closed our stdin or died: nobody is listening any more, so there is
+                # nothing to finish. Exit now, even if the decode thread is inside native code.
+                log.info("stdin_closed")
+                sys.stderr.flush()
+                os._exit(0)
+            op = msg[0]
+            if op == P.OP_GENERATE:
+                job_id = msg[1]
+                try:
+                    job = engine.prepare(job_id, msg[2])
+                except JobError as exc:
+                    writer.send([[P.EV_FAILED, job_id, exc.message, exc.kind]])
+                except Exception as exc:
+                    log.exception("prepare_failed", job_id=job_id)
+                    writer.send([[P.EV_FAILED, job_id, f"internal error: {exc}", "internal"]])
+                else:
+                    engine.submit((P.OP_GENERATE, job))
+            elif op == P.OP_CANCEL:
+                engine.submit((P.OP_CANCEL, msg[1]))
+            elif op == P.OP_TOKENIZE:
+                try:
+                    tokens = model.tokenize(msg[2], add_special=bool(msg[3]), parse_special=True)
+                    writer.send([[P.EV_REPLY, msg[1], tokens]])
+                except Exception as exc:
+                    writer.send([[P.EV_ERROR, msg[1], str(exc), "internal"]])
+            elif op == P.OP_DETOKENIZE:
+                try:
+                    tokens = [int(t) for t in msg[2]]
+                    if any(not 0 <= t < model.n_vocab for t in tokens):
+                        raise ValueError("token outside the vocabulary")
+                    writer.send([[P.EV_REPLY, msg[1], model.detokenize(tokens)]])
+                except Exception as exc:
+                    writer.send([[P.EV_ERROR, msg[1], str(exc), "bad_request"]])
+            elif op in (P.OP_EMBED, P.OP_SLOTS):
+                engine.submit(tuple(msg))
+            elif op == P.OP_STOP:
+                log.info("stop_requested")
+                break
+            else:
+                log.warning("unknown_op", op=op)
+    except Exception:
+        log.exception("reader_failed")
+    finally:
+        engine.stop()
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m trillama.actors.runner")
+    parser.add_argument("--spec", required=True, help="RunnerSpec as JSON")
+    parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--verbose", action="store_true", help="also log llama.cpp INFO lines")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    frames_fd = _claim_stdout()
+    args = _parse_args(argv)
+    _die_with_parent(args.parent_pid)
+
+    from trillama.logs import configure_logging, get_logger
+
+    configure_logging(debug=1 if args.verbose else 0)
+    log = get_logger("trillama.runner")
+    writer = FrameWriter(frames_fd)
+
+    from trillama.actors.runner import native
+    from trillama.actors.runner import protocol as P
+    from trillama.actors.runner.engine import Engine
+    from trillama.actors.runner.messages import RunnerSpec, converter
+
+    spec = converter.structure(json.loads(args.spec), RunnerSpec)
+    native.install_log_callback(args.verbose)
+    started = time.monotonic()
+    free_before = native.gpu_free_bytes()
+    try:
+        import llama_cpp
+
+        llama_cpp.llama_backend_init()
+        model = native.load_model(spec.model_path, n_gpu_layers=spec.n_gpu_layers, use_mmap=spec.use_mmap)
+        ctx = native.create_generation_context(
+            model,
+            n_ctx=spec.n_ctx,
+            n_parallel=spec.n_parallel,
+            n_batch=spec.n_batch,
+            n_threads=spec.n_threads,
+            flash_attn=spec.flash_attn,
+            kv_cache_type=spec.kv_cache_type,
+        )
+        native.apply_adapters(model, ctx, spec.adapters)
+    except native.LoadError as exc:
+        log.error("load_failed", error=str(exc), model=str(spec.model_path))
+        writer.send([[P.EV_LOAD_FAILED, str(exc)]])
+        os._exit(1)
+    free_after = native.gpu_free_bytes()
+    vram = sum(max(0, free_before.get(k, 0) - v) for k, v in free_after.items())
+
+    engine = Engine(
+        model,
+        ctx,
+        n_ctx=spec.n_ctx,
+        n_parallel=spec.n_parallel,
+        n_batch=spec.n_batch,
+        n_threads=spec.n_threads,
+        emit=writer.send,
+    )
+    facts = {
+        "n_ctx": spec.n_ctx,
+        "n_ctx_train": model.n_ctx_train,
+        "n_embd": model.n_embd,
+        "n_vocab": model.n_vocab,
+        "n_parallel": spec.n_parallel,
+        "n_batch": spec.n_batch,
+        "load_seconds": time.monotonic() - started,
+        "model_bytes": model.size_bytes,
+        "rss_bytes": native.rss_bytes(),
+        "vram_bytes": vram,
+        "add_bos": model.add_bos,
+        "kv_unified": False,
+        "can_shift": engine.can_shift,
+    }
+    log.info("runner_ready", pid=os.getpid(), model=str(spec.model_path), **{k: facts[k] for k in ("n_ctx", "n_parallel", "load_seconds")})
+    writer.send([[P.EV_READY, facts]])
+
+    stdin = os.fdopen(0, "rb")
+    reader = threading.Thread(
+        target=_reader, args=(engine, model, stdin, writer, log), name="runner-reader", daemon=True
+    )
+    reader.start()
+    engine.run()
+    log.info("runner_exit", pid=os.getpid())
+    sys.stderr.flush()
+    # No interpreter teardown: freeing native objects from finalizers in arbitrary order is how
+    # processes crash on exit; the kernel gives every byte (and the GPU) back anyway.
+    os._exit(0)
