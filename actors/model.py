@@ -315,6 +315,14 @@ class Lease:
     started: bool = False
     released: bool = False
 
+    def num_ctx_for(self, requested: Any) -> int:
+        """The context a request may use: what it asked for, at most what the runner holds.
+
+        This is how a runner loaded with a larger context serves a smaller request without a reload.
+        """
+        loaded = self.actor.num_ctx
+        return min(int(requested or loaded), loaded)
+
     def release(self) -> None:
         if not self.released:
             self.released = True

@@ -186,8 +186,7 @@ async def generate() -> Response:
                 return
             job = job_from_options(merged, prompt=prompt, prompt_tokens=req.context or None,
                                    grammar=grammar, logprobs=req.logprobs or req.top_logprobs > 0,
-                                   top_logprobs=req.top_logprobs, num_ctx=lease.actor.num_ctx and
-                                   min(int(merged.get("num_ctx") or lease.actor.num_ctx), lease.actor.num_ctx),
+                                   top_logprobs=req.top_logprobs, num_ctx=lease.num_ctx_for(merged.get("num_ctx")),
                                    shift=req.shift)
             async for event in run_job(lease, job):
                 if isinstance(event, Piece):
@@ -251,7 +250,7 @@ async def chat() -> Response:
                 yield {"model": req.model, "created_at": now_rfc3339(),
                        "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "load"}
                 return
-            num_ctx = min(int(merged.get("num_ctx") or lease.actor.num_ctx), lease.actor.num_ctx)
+            num_ctx = lease.num_ctx_for(merged.get("num_ctx"))
             prompt: ChatPrompt = await build_chat_prompt(
                 record, req.messages, tools=req.tools, think=think, truncate=req.truncate,
                 num_ctx=num_ctx, count_tokens=lease.tokenize,

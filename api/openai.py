@@ -204,10 +204,6 @@ def _options(record: Any, options: dict[str, Any] | None, fields: Mapping[str, A
     return merged
 
 
-def _num_ctx(options: Mapping[str, Any], lease: Any) -> int:
-    return min(int(options.get("num_ctx") or lease.actor.num_ctx), lease.actor.num_ctx)
-
-
 def _grammar(fmt: Any) -> str | None:
     try:
         return grammar_for_format(fmt)
@@ -486,7 +482,7 @@ async def _chat_events(plan: _ChatPlan, timer: Timer) -> AsyncIterator[_Delta | 
     with the next delta that is released, so none are lost or duplicated.
     """
     async with model_lease(plan.record, plan.options, plan.keep_alive, timer) as lease:
-        num_ctx = _num_ctx(plan.options, lease)
+        num_ctx = lease.num_ctx_for(plan.options.get("num_ctx"))
         prompt = await build_chat_prompt(plan.record, plan.messages, tools=plan.tools, think=plan.think,
                                          truncate=True, num_ctx=num_ctx, count_tokens=lease.tokenize)
         job = job_from_options(plan.options, prompt=prompt.text, grammar=plan.grammar, logprobs=plan.logprobs,
@@ -713,7 +709,7 @@ async def _completion_events(plan: _CompletionPlan, timer: Timer) -> AsyncIterat
         text = build_generate_prompt(plan.record, plan.prompt, system=None, template=None, suffix=plan.suffix,
                                      raw=False, has_context=False, images=0, think=plan.think)
         job = job_from_options(plan.options, prompt=text, logprobs=plan.logprobs, top_logprobs=plan.top_logprobs,
-                               num_ctx=_num_ctx(plan.options, lease))
+                               num_ctx=lease.num_ctx_for(plan.options.get("num_ctx")))
         async with aclosing(run_job(lease, job)) as events:
             async for event in events:
                 yield event
