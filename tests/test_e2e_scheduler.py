@@ -291,3 +291,37 @@ def test_per_model_num_parallel(server):
         rows = {row["name"]: row for row in runners(client)}
         assert rows["smol-wide:latest"]["num_parallel"] == 3 and len(rows["smol-wide:latest"]["slots"]) == 3
         assert rows[SMOL]["num_parallel"] == 1 and len(rows[SMOL]["slots"]) == 1
+
+
+def test_client_leaving_the_queue_frees_its_place(start_server):
+    server = start_server({"OLLAMA_NUM_PARALLEL": "1", "OLLAMA_MAX_QUEUE": "1"})
+    with server.client() as client:
+        client.post("/api/generate", json={"model": SMOL})
+
+        def queued() -> int:
+            return sum(row["queued"] for row in runners(client))
+
+        async def main() -> None:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as ac:
+                async with ac.stream("POST", "/api/generate", json={
+                        "model": SMOL, "prompt": "Tell a long story.", "options": {"num_predict": 3000}}) as long:
+                    lines = long.aiter_lines()
+                    await lines.__anext__()  # the only slot is now busy
+
+                    async def waiter() -> None:
+                        await ac.post("/api/generate", json={"model": SMOL, "prompt": "Hi", "stream": False})
+
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(waiter)
+                        await trio.to_thread.run_sync(wait_for, lambda: queued() == 1)
+                        # the queue is full: one more is refused at once
+                        r = await ac.post("/api/generate", json={"model": SMOL, "prompt": "Hi", "stream": False})
+                        assert r.status_code == 503
+                        nursery.cancel_scope.cancel()  # the queued client goes away
+                    await trio.to_thread.run_sync(wait_for, lambda: queued() == 0)
+                # with the long stream closed too, a new request is served
+                r = await ac.post("/api/generate", json={"model": SMOL, "prompt": "Hi", "stream": False,
+                                                        "options": {"num_predict": 3}})
+                assert r.status_code == 200 and r.json()["done"]
+
+        trio.run(main)
