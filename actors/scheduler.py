@@ -194,6 +194,10 @@ class Scheduler:
         rows.sort(key=lambda r: math.inf if r.expires_at is None else r.expires_at, reverse=True)
         return rows
 
+    def actors(self) -> list[ModelActor]:
+        """The model actors loaded, loading or queued for a load (a snapshot)."""
+        return list(self._actors)
+
     async def runner_states(self) -> list[dict[str, Any]]:
         """Each model's runner process and slot states (trillama's ``/api/runners``)."""
         out = []

@@ -15,7 +15,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trillama import __version__
-from trillama.api import inference, manage, openai
+from trillama.api import inference, manage, metrics, openai
+from trillama.api.metrics import Metrics
 from trillama.api.context import Services
 from trillama.api.cors import CorsPolicy
 from trillama.api.hosts import host_allowed, is_loopback_bind
@@ -34,6 +35,7 @@ def create_app(services: Services) -> QuartTrio:
     app.config.update(RESPONSE_TIMEOUT=None, BODY_TIMEOUT=None, MAX_CONTENT_LENGTH=None,
                       PROVIDE_AUTOMATIC_OPTIONS=False)
     app.extensions["trillama"] = services
+    app.extensions["trillama.metrics"] = recorder = Metrics(services.scheduler)
     cors = CorsPolicy(services.settings.allowed_origins)
     guard_hosts = is_loopback_bind(services.settings.host)
 
@@ -59,6 +61,10 @@ def create_app(services: Services) -> QuartTrio:
         for key, value in cors.headers_for(request.headers.get("Origin"), preflight=False).items():
             response.headers[key] = value
         started = getattr(request, "environ_started", None)
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        if started is not None:
+            recorder.observe_request(request.method, route, response.status_code,
+                                     time.perf_counter() - started)
         log.info(
             "request",
             method=request.method,
@@ -91,4 +97,5 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(manage.blueprint)
     app.register_blueprint(inference.blueprint)
     app.register_blueprint(openai.blueprint)
+    app.register_blueprint(metrics.blueprint)
     return app

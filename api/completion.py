@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Mapping
 
 import trio
+from quart import current_app
 
 from trillama.actors.model import Lease, LoadFailed, ModelGone, ServerBusy
 from trillama.actors.runner.messages import Done, Failed, GenerateJob, Piece
@@ -127,11 +128,15 @@ async def model_lease(
 
 async def run_job(lease: Lease, job: GenerateJob) -> AsyncIterator[Piece | Done]:
     """The runner's events for ``job``; a failure becomes an ``APIError`` with the right status."""
+    # Taken now: the rest of the stream may run after Quart has left the app context.
+    metrics = current_app.extensions["trillama.metrics"]
     try:
         async with lease.generate(job) as events:
             async for event in events:
                 if isinstance(event, Failed):
                     raise APIError(_failure_status(event.kind), event.message)
+                if isinstance(event, Done):
+                    metrics.observe_tokens(lease.actor.name, event.prompt_eval_count, event.eval_count)
                 yield event
                 if isinstance(event, Done):
                     return

@@ -325,3 +325,15 @@ def test_client_leaving_the_queue_frees_its_place(start_server):
                 assert r.status_code == 200 and r.json()["done"]
 
         trio.run(main)
+
+
+def test_metrics_endpoint(server):
+    with server.client() as client:
+        r = client.post("/api/generate", json={"model": SMOL, "prompt": "Hi", "stream": True,
+                                               "options": {"num_predict": 5}})
+        assert r.status_code == 200
+        text = client.get("/metrics").text
+    assert 'trillama_http_requests_total{method="POST",route="/api/generate",status="200"} 1.0' in text
+    assert f'trillama_tokens_total{{kind="generated",model="{SMOL}"}} 5.0' in text
+    assert "trillama_models_loaded 1.0" in text
+    assert f'trillama_requests_queued{{model="{SMOL}"}} 0.0' in text
