@@ -1,6 +1,7 @@
 """Quick throughput check of the runner against in-process llama-cpp-python (not a unit test).
 
     python -m trillama.actors.runner.benchmark [MODEL.gguf] [--threads 2] [--tokens 128]
+        [--repeat 3] [--llama-server PATH/TO/llama-server]
 
 Three numbers, greedy, same model, same thread count:
 
@@ -9,9 +10,11 @@ Three numbers, greedy, same model, same thread count:
 * ``runner x1``: one job through the runner process and the Trio client, measured the same way on
   the client side (so the IPC and the event loop are included);
 * ``runner x4``: four concurrent jobs on four slots, aggregate generated tokens / wall time from
-  the first token of any stream to the end of the last.
+  the first token of any stream to the end of the last;
+* ``llama-server -np 4`` (with ``--llama-server``): the same four streams against llama.cpp's own
+  server over HTTP streaming, measured the same way.
 
-The three are measured in turn, round after round (all three models stay loaded), so load from
+They are measured in turn, round after round (every subject stays loaded), so load from
 other processes on a shared machine hits them alike; figures are medians over ``--repeat``
 rounds, and the x1/inproc ratio is the median of per-round ratios. Prompts are chat-formatted
 for SmolLM2 (ChatML); EOG is not suppressed, so a stream may end early: rates divide by the
@@ -22,8 +25,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
+import socket
 import statistics
+import subprocess
 import time
 from contextlib import aclosing
 from pathlib import Path
@@ -91,7 +97,72 @@ async def _runner_round(runner: Runner, streams: int, tokens: int, tag: str) -> 
     return (sum(counts) - streams) / (marks["end"] - marks["first"])
 
 
-async def run_all(model: Path, threads: int, tokens: int, repeat: int) -> dict[str, list[float]]:
+class LlamaServer:
+    """llama.cpp's own ``llama-server -np N`` on a free port, for the 4-stream reference figure."""
+
+    def __init__(self, binary: Path, model: Path, threads: int, slots: int) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [str(binary), "-m", str(model), "-t", str(threads), "-tb", str(threads), "-np", str(slots),
+             "-c", str(2048 * slots), "-b", "512", "--port", str(self.port), "--no-webui"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    async def wait_ready(self) -> None:
+        import httpx
+
+        async with httpx.AsyncClient() as client:
+            for _ in range(600):
+                try:
+                    if (await client.get(f"http://127.0.0.1:{self.port}/health")).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await trio.sleep(0.1)
+        raise RuntimeError("llama-server did not become ready")
+
+    async def round(self, streams: int, tokens: int) -> float:
+        import httpx
+
+        marks: dict = {}
+        counts: list[int] = []
+
+        async def one(i: int) -> None:
+            body = {"prompt": chat(PROMPTS[i % len(PROMPTS)]), "n_predict": tokens, "temperature": 0,
+                    "stream": True, "cache_prompt": False}
+            n = 0
+            async with httpx.AsyncClient(timeout=None) as client:
+                async with client.stream("POST", f"http://127.0.0.1:{self.port}/completion", json=body) as resp:
+                    async for line in resp.aiter_lines():
+                        if not line.startswith("data: "):
+                            continue
+                        chunk = json.loads(line[6:])
+                        if chunk.get("content") and "first" not in marks:
+                            marks["first"] = time.perf_counter()
+                        if chunk.get("stop"):
+                            n = chunk.get("tokens_predicted", 0)
+            marks["end"] = time.perf_counter()
+            counts.append(n)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(streams):
+                nursery.start_soon(one, i)
+        return (sum(counts) - streams) / (marks["end"] - marks["first"])
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def run_all(
+    model: Path, threads: int, tokens: int, repeat: int, server_binary: Path | None
+) -> dict[str, list[float]]:
     """Interleave the three measurements round by round, so load from other processes on the
     machine hits all of them alike, and report per-round ratios as well as rates."""
     import llama_cpp
@@ -102,7 +173,10 @@ async def run_all(model: Path, threads: int, tokens: int, repeat: int) -> dict[s
     quiet = os.environ.get("BENCH_STDERR") != "1"
     one_spec = RunnerSpec(model_path=model, n_ctx=2048, n_parallel=1, n_threads=threads)
     four_spec = RunnerSpec(model_path=model, n_ctx=2048, n_parallel=4, n_threads=threads)
-    results: dict[str, list[float]] = {"inproc": [], "x1": [], "x4": []}
+    results: dict[str, list[float]] = {"inproc": [], "x1": [], "x4": [], "server x4": []}
+    server = LlamaServer(server_binary, model, threads, 4) if server_binary else None
+    if server is not None:
+        await server.wait_ready()
     async with Runner.open(one_spec, forward_stderr=not quiet) as one, Runner.open(
         four_spec, forward_stderr=not quiet
     ) as four:
@@ -110,11 +184,16 @@ async def run_all(model: Path, threads: int, tokens: int, repeat: int) -> dict[s
             inproc = _inproc_round(llm, tokens)
             x1 = await _runner_round(one, 1, tokens, f"x1-{r}")
             x4 = await _runner_round(four, 4, tokens, f"x4-{r}")
+            sx4 = await server.round(4, tokens) if server is not None else None
             if r:
                 results["inproc"].append(inproc)
                 results["x1"].append(x1)
                 results["x4"].append(x4)
+                if sx4 is not None:
+                    results["server x4"].append(sx4)
     llm.close()
+    if server is not None:
+        server.close()
     return results
 
 
@@ -124,16 +203,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--llama-server", type=Path, default=None, help="also measure llama-server -np 4")
     args = parser.parse_args()
     model = args.model or default_model()
     print(f"model={model.name} threads={args.threads} tokens={args.tokens} repeat={args.repeat}")
-    res = trio.run(run_all, model, args.threads, args.tokens, args.repeat)
-    med = {k: statistics.median(v) for k, v in res.items()}
+    res = trio.run(run_all, model, args.threads, args.tokens, args.repeat, args.llama_server)
+    med = {k: statistics.median(v) for k, v in res.items() if v}
     ratio = statistics.median(a / b for a, b in zip(res["x1"], res["inproc"]))
     print(f"inproc     {med['inproc']:8.1f} tok/s   rounds: {' '.join(f'{x:.0f}' for x in res['inproc'])}")
     print(f"runner x1  {med['x1']:8.1f} tok/s   rounds: {' '.join(f'{x:.0f}' for x in res['x1'])}")
     print(f"runner x4  {med['x4']:8.1f} tok/s   rounds: {' '.join(f'{x:.0f}' for x in res['x4'])} (aggregate)")
     print(f"x1 / inproc, median of per-round ratios: {ratio:.3f}")
+    if res["server x4"]:
+        srv = statistics.median(res["server x4"])
+        print(f"llama-server -np 4  {srv:8.1f} tok/s   rounds: {' '.join(f'{x:.0f}' for x in res['server x4'])}")
+        x4_ratio = statistics.median(a / b for a, b in zip(res["x4"], res["server x4"]))
+        print(f"runner x4 / llama-server x4, median of per-round ratios: {x4_ratio:.3f}")
 
 
 if __name__ == "__main__":
