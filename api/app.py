@@ -29,6 +29,14 @@ __all__ = ["create_app"]
 log = get_logger("trillama.api")
 
 
+def _body_left_unread(req: object) -> bool:
+    """Did the client announce a body that the handler never read to the end?"""
+    headers = req.headers  # type: ignore[attr-defined]
+    announced = headers.get("Content-Length", "0").strip() not in ("", "0") or (
+        "chunked" in headers.get("Transfer-Encoding", "").lower())
+    return announced and not req.body._complete.is_set()  # type: ignore[attr-defined]
+
+
 def create_app(services: Services) -> QuartTrio:
     app = QuartTrio("trillama")
     # Generations and blob uploads can be long and large: no response timeout, no body cap.
@@ -54,7 +62,7 @@ def create_app(services: Services) -> QuartTrio:
 
     @app.after_request
     async def _finish(response: Response) -> Response:
-        if not request.body._complete.is_set():  # type: ignore[attr-defined]
+        if _body_left_unread(request):
             # Answered before the body was read (an early 4xx): a keep-alive connection would be
             # left with unread bytes and the client's next request would hang. Close it instead.
             response.headers["Connection"] = "close"

@@ -26,3 +26,13 @@ def test_server_refuses_a_rebound_host(server):
     with server.client() as client:
         assert client.get("/", headers={"Host": "evil.example"}).status_code == 403
         assert client.get("/", headers={"Host": f"localhost:{server.port}"}).text == "Ollama is running"
+
+
+def test_keep_alive_survives_bodyless_requests_and_unread_bodies_close(server):
+    with server.client() as client:
+        for _ in range(3):
+            r = client.get("/api/version")
+            assert r.status_code == 200 and r.headers.get("connection") != "close"
+        r = client.post("/api/no-such-route", content=b"x" * 1_000_000)
+        assert r.status_code == 404 and r.headers.get("connection") == "close"
+        assert client.get("/").status_code == 200  # a fresh connection, no hang
