@@ -41,18 +41,13 @@ blueprint = Blueprint("inference", __name__)
 
 # ----------------------------------------------------------------------------- request bodies
 @attrs.define
-class GenerateRequest:
+class _CompletionFields:
+    """What ``/api/generate`` and ``/api/chat`` share (Ollama's two request types repeat them)."""
+
     model: str = ""
-    prompt: str = ""
-    suffix: str = ""
-    system: str | None = None
-    template: str | None = None
-    context: list[int] | None = None
     stream: bool = True
-    raw: bool = False
     format: Any = None
     keep_alive: Any = None
-    images: list[str] | None = None
     options: dict[str, Any] | None = None
     think: Any = None
     truncate: bool = True
@@ -63,20 +58,20 @@ class GenerateRequest:
 
 
 @attrs.define
-class ChatRequest:
-    model: str = ""
+class GenerateRequest(_CompletionFields):
+    prompt: str = ""
+    suffix: str = ""
+    system: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    raw: bool = False
+    images: list[str] | None = None
+
+
+@attrs.define
+class ChatRequest(_CompletionFields):
     messages: list[dict[str, Any]] = attrs.field(factory=list)
-    stream: bool = True
-    format: Any = None
-    keep_alive: Any = None
     tools: list[dict[str, Any]] | None = None
-    options: dict[str, Any] | None = None
-    think: Any = None
-    truncate: bool = True
-    shift: bool = True
-    logprobs: bool = False
-    top_logprobs: int = 0
-    _debug_render_only: bool = False
 
 
 @attrs.define
@@ -104,7 +99,7 @@ def _check_images(images: list[str] | None, record: Any) -> list[bytes]:
         try:
             decoded.append(base64.b64decode(image, validate=True))
         except (binascii.Error, ValueError) as exc:
-            raise APIError(400, f"illegal base64 data at input byte 0 ({exc})") from None
+            raise APIError(400, f"illegal base64 data: {exc}") from None
     if decoded and "vision" not in (record.capabilities or []):
         raise APIError(400, f'"{record.name.display}" does not support images (the model has no vision projector)')
     return decoded

@@ -24,7 +24,7 @@ import enum
 import json
 import secrets
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -84,6 +84,21 @@ def _as_args(value: Any) -> dict[str, Any] | None:
         if isinstance(parsed, dict):
             return parsed
     return None
+
+
+def _outside_strings(text: str) -> Iterator[tuple[int, str]]:
+    """``(index, char)`` for every character of ``text`` outside JSON strings (escape-aware),
+    so brace counting is never fooled by a ``}`` inside a string value."""
+    in_string = escaped = False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            in_string = not in_string
+        elif not in_string:
+            yield i, ch
 
 
 class ToolCallParser:
@@ -190,19 +205,7 @@ class ToolCallParser:
         buf = self._buf
         start = -1
         depth = 0
-        in_string = escaped = False
-        for i, ch in enumerate(buf):
-            if escaped:
-                escaped = False
-                continue
-            if ch == "\\":
-                escaped = True
-                continue
-            if ch == '"':
-                in_string = not in_string
-                continue
-            if in_string:
-                continue
+        for i, ch in _outside_strings(buf):
             if ch == "{":
                 if depth == 0:
                     start = i
@@ -270,19 +273,7 @@ class ToolCallParser:
             return False
         opener, closer = self.tag, "}" if self.tag == "{" else "]"
         count = 0
-        in_string = escaped = False
-        for ch in self._buf:
-            if escaped:
-                escaped = False
-                continue
-            if ch == "\\":
-                escaped = True
-                continue
-            if ch == '"':
-                in_string = not in_string
-                continue
-            if in_string:
-                continue
+        for _, ch in _outside_strings(self._buf):
             if ch == opener:
                 count += 1
             elif ch == closer:
