@@ -234,6 +234,28 @@ def _local_base(path: Path, key: str, forced_media: str | None) -> _Base:
                  parse_status=True)
 
 
+def _add_projectors(store: "ModelStore", req: CreateRequest, bases: list[_Base], layers: list[Any]) -> None:
+    """GGUF files next to ``from``: a projector (or adapter) added to an existing model.
+
+    Ollama ignores files when ``from`` is set, so ``FROM llama3\nFROM ./mmproj.gguf`` silently
+    loses the projector there. Here such files join the base model's layers; a new projector
+    replaces the one the base had. Whole models cannot be added: a model has one set of weights.
+    """
+    extra = [_gguf_base(store, normalize_digest(req.files[key]), key, None) for key in sorted(req.files)]
+    extra += [_local_base(req.local_files[key], key, None) for key in sorted(req.local_files)]
+    if not extra:
+        return
+    if any(base.media_type == MEDIA_MODEL for base in extra):
+        raise InvalidRequest("a model has one set of weights: 'from' names a model, so the files may "
+                             "only add a projector or an adapter")
+    if any(base.media_type == MEDIA_PROJECTOR for base in extra):
+        kept = [b for b in bases if b.media_type != MEDIA_PROJECTOR]
+        layers[:] = [layer for layer in layers if not (isinstance(layer, _Base) and layer.media_type == MEDIA_PROJECTOR)]
+        bases[:] = kept
+    bases.extend(extra)
+    layers.extend(extra)
+
+
 def _check_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """Known options must have their type (a bad one would fail every later request); unknown
     keys are kept as given, as Ollama keeps them."""
@@ -345,6 +367,7 @@ def plan_create(store: "ModelStore", name: ModelName, req: CreateRequest) -> Cre
                          info=info)
             bases.append(base)
             layers.append(base)
+        _add_projectors(store, req, bases, layers)
     elif req.files or req.local_files:
         for key in sorted(req.files):
             bases.append(_gguf_base(store, normalize_digest(req.files[key]), key, None))

@@ -176,6 +176,33 @@ def test_create_from_model_inherits_and_replaces(store: ModelStore, gguf_digest:
     assert child.model_path == store.resolve("base").model_path
 
 
+def test_a_projector_can_join_an_existing_model(store: ModelStore, gguf_digest: str, tmp_path: Path) -> None:
+    from tiny_projector import write_tiny_projector
+
+    def blob(path: Path) -> str:
+        data = path.read_bytes()
+        store.write_blob(sha(data), [data])
+        return sha(data)
+
+    first = blob(write_tiny_projector(tmp_path / "mmproj-a.gguf", text_embd=8, seed=1))
+    second = blob(write_tiny_projector(tmp_path / "mmproj-b.gguf", text_embd=8, seed=2))
+    create(store, "base", files={"tiny.gguf": gguf_digest})
+    assert "vision" not in store.resolve("base").capabilities
+    # what `FROM base` + `FROM ./mmproj-a.gguf` sends (Ollama would drop the file)
+    create(store, "seeing", from_="base", files={"mmproj-a.gguf": first})
+    seeing = store.resolve("seeing")
+    assert "vision" in seeing.capabilities
+    assert seeing.model_path == store.resolve("base").model_path
+    assert [p.name for p in seeing.projector_paths] == ["sha256-" + first.split(":")[1]]
+    # a new projector replaces the inherited one rather than adding a second
+    create(store, "seeing2", from_="seeing", files={"mmproj-b.gguf": second})
+    assert [p.name for p in store.resolve("seeing2").projector_paths] == ["sha256-" + second.split(":")[1]]
+    before = tree(store.root)
+    with pytest.raises(InvalidRequest, match="a model has one set of weights"):
+        create(store, "two-models", from_="base", files={"tiny.gguf": gguf_digest})
+    assert tree(store.root) == before
+
+
 TOOLS_AND_SUFFIX = "{{ if .Tools }}{{ json .Tools }}{{ end }}{{ .Prompt }}{{ .Suffix }}"
 
 
