@@ -16,6 +16,11 @@ A job that finishes or is cancelled leaves its slot at once; the slot keeps the 
 its KV cache, for prefix reuse. Everything here runs on one thread: no locks in the hot path,
 and the commands deque is the only thing other threads touch.
 
+Images (a model with a vision projector, see :mod:`.media`): a job's prompt may contain image
+spans. Text before an image is prefilled in the batch as usual and stops at the image; the image
+itself is encoded and decoded into its slot by libmtmd at the start of a step, one image per step,
+so the other streams keep going between pictures.
+
 Context full while generating: with ``shift`` (Ollama's default) the slot keeps its first
 ``num_keep`` tokens, drops half of the rest, shifts positions down and goes on; without it, or
 when the model's memory cannot shift, the job ends with ``done_reason: "length"``. A prompt that
@@ -35,6 +40,7 @@ import llama_cpp as L
 from trillama.actors.runner import protocol as P
 from trillama.actors.runner.embedding import ContextExceeded, Embedder
 from trillama.actors.runner.logprobs import token_logprob_entry
+from trillama.actors.runner.media import ImageSpan, MediaError, MediaPrompt, Vision
 from trillama.actors.runner.messages import GenerateJob
 from trillama.actors.runner.native import Batch, Model
 from trillama.actors.runner.sampling import GrammarError, SamplerChain, build_chain
@@ -84,6 +90,21 @@ class Job:
     t_start: int = 0
     t_first: int = 0
     held_logprobs: list = attrs.Factory(list)
+    spans: list[ImageSpan] = attrs.Factory(list)  # images in ``prompt``, by start position
+    media: MediaPrompt | None = None  # owns the image chunks of ``spans``
+
+    def next_image(self, head: int) -> ImageSpan | None:
+        """The first image that starts at or after prompt position ``head``."""
+        for span in self.spans:
+            if span.start >= head:
+                return span
+        return None
+
+    def free(self) -> None:
+        self.chain.free()
+        if self.media is not None:
+            self.media.free()
+            self.media = None
 
 
 @attrs.define(eq=False)
@@ -123,8 +144,10 @@ class Engine:
         n_batch: int,
         n_threads: int,
         emit: Callable[[list], None],
+        vision: Vision | None = None,
     ) -> None:
         self.model = model
+        self.vision = vision
         self.ctx = ctx
         self.mem = L.llama_get_memory(ctx)
         self.can_shift = bool(L.llama_memory_can_shift(self.mem))
@@ -161,15 +184,40 @@ class Engine:
             if not 0 <= t < model.n_vocab:
                 raise JobError(f"token {t} is outside the vocabulary", "bad_request")
         text = spec.get("prompt") or ""
-        text_tokens = model.tokenize(text, add_special=False, parse_special=True) if text else []
+        media = self._media_prompt(text, spec.get("images") or ())
+        try:
+            return self._prepare(job_id, spec, tokens, text, media)
+        except BaseException:
+            if media is not None:
+                media.free()
+            raise
+
+    def _media_prompt(self, text: str, images) -> MediaPrompt | None:
+        if not images:
+            return None
+        if self.vision is None:
+            raise JobError("this model does not support images (it has no vision projector)", "bad_request")
+        try:
+            return self.vision.tokenize(text, [bytes(image) for image in images])
+        except MediaError as exc:
+            raise JobError(str(exc), "bad_request") from None
+
+    def _prepare(self, job_id: str, spec: dict, tokens: list[int], text: str, media: MediaPrompt | None) -> Job:
+        model = self.model
+        if media is not None:
+            text_tokens = media.tokens
+        else:
+            text_tokens = model.tokenize(text, add_special=False, parse_special=True) if text else []
         add_bos = spec.get("add_bos")
         if add_bos is None:
             add_bos = model.add_bos
         if add_bos and not tokens and model.bos >= 0 and text_tokens[:1] != [model.bos]:
             tokens.append(model.bos)
+        offset = len(tokens)
         tokens.extend(text_tokens)
         if not tokens:
             raise JobError("empty prompt", "bad_request")
+        spans = [] if media is None else [attrs.evolve(s, start=s.start + offset) for s in media.spans]
         limit = self.n_ctx
         if spec.get("num_ctx"):
             limit = max(1, min(int(spec["num_ctx"]), self.n_ctx))
@@ -185,7 +233,8 @@ class Engine:
             raise JobError(str(exc), "bad_grammar") from None
         if chain.penalties:
             last_n = int(spec.get("repeat_last_n", 64))
-            chain.seed_history(tokens[-(limit if last_n < 0 else last_n) :])
+            history = tokens[-(limit if last_n < 0 else last_n) :]
+            chain.seed_history([t for t in history if t >= 0] if spans else history)
         return Job(
             job_id=job_id,
             prompt=tokens,
@@ -197,6 +246,8 @@ class Engine:
             shift=bool(spec.get("shift", True)),
             logprobs=bool(spec.get("logprobs")) or top > 0,
             top_logprobs=top,
+            spans=spans,
+            media=media,
         )
 
     # ------------------------------------------------------------------ the decode thread
@@ -244,7 +295,7 @@ class Engine:
         for job in self.queue:
             if job.job_id == job_id:
                 self.queue.remove(job)
-                job.chain.free()
+                job.free()
                 return
         for slot in self.active:
             if slot.job.job_id == job_id:
@@ -281,6 +332,9 @@ class Engine:
                     best, best_key = slot, key
             slot = best
             k = min(best_key[0], len(prompt) - 1)  # re-decode >= 1 token: its logits are needed
+            for span in job.spans:  # an image is decoded whole or not at all
+                if span.start < k < span.start + span.n_pos:
+                    k = span.start
             if k < len(slot.cached):
                 if not L.llama_memory_seq_rm(self.mem, slot.seq, k, -1):
                     L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
@@ -295,7 +349,7 @@ class Engine:
     def _release(self, slot: Slot) -> None:
         job = slot.job
         if job is not None:
-            job.chain.free()
+            job.free()
         slot.job = None
         slot.last_used = time.monotonic_ns()
         self.active.remove(slot)
@@ -324,6 +378,8 @@ class Engine:
         batch = self.batch
         tok_arr, pos_arr, seq_arr, out_arr = batch.token, batch.pos, batch.seq, batch.logits
         events: list = []
+        if self.vision is not None:
+            self._decode_one_image(events)
         n = 0
         for slot in self.active[:]:
             job = slot.job
@@ -349,9 +405,17 @@ class Engine:
                 pending = job.pending
                 if not pending:
                     continue
-                take = pending[:budget]
-                rest = pending[budget:]
-                n = batch.add_run(n, take, len(slot.cached), slot.seq, logits_last=not rest)
+                head = len(slot.cached)
+                room = budget
+                if job.spans:
+                    image = job.next_image(head)
+                    if image is not None:
+                        room = min(budget, image.start - head)
+                        if room <= 0:  # an image comes first: _decode_one_image's job
+                            continue
+                take = pending[:room]
+                rest = pending[room:]
+                n = batch.add_run(n, take, head, slot.seq, logits_last=not rest)
                 slot.cached.extend(take)
                 job.pending = rest
                 job.i_batch = -1 if rest else n - 1
@@ -372,10 +436,6 @@ class Engine:
             self.emit(events)
 
     def _sample_all(self, events: list) -> None:
-        ctx = self.ctx
-        model = self.model
-        sample = L.llama_sampler_sample
-        pieces = model.pieces
         now = 0
         for slot in self.active[:]:
             job = slot.job
@@ -385,36 +445,76 @@ class Engine:
             job.i_batch = -1
             if not job.t_first:
                 now = now or time.monotonic_ns()
-                job.t_first = now
-                if job.max_new == 0:
-                    self._finish(slot, "length", events)
-                    continue
-            tok = sample(job.chain.ptr, ctx, i)
-            if model.is_eog(tok):
-                self._finish(slot, "stop", events)
-                continue
-            job.generated.append(tok)
-            data = pieces.get(tok)
-            if data is None:
-                data = model.piece(tok)
-            text, stopped = job.stream.push(data)
+            self._sample(slot, i, events, now)
+
+    def _sample(self, slot: Slot, i: int, events: list, now: int) -> None:
+        """Sample ``slot``'s next token from output row ``i`` of the last decode, stream it."""
+        job = slot.job
+        ctx = self.ctx
+        model = self.model
+        if not job.t_first:
+            job.t_first = now or time.monotonic_ns()
+            if job.max_new == 0:
+                self._finish(slot, "length", events)
+                return
+        tok = L.llama_sampler_sample(job.chain.ptr, ctx, i)
+        if model.is_eog(tok):
+            self._finish(slot, "stop", events)
+            return
+        job.generated.append(tok)
+        data = model.pieces.get(tok)
+        if data is None:
+            data = model.piece(tok)
+        text, stopped = job.stream.push(data)
+        if job.logprobs:
+            job.held_logprobs.append(
+                token_logprob_entry(ctx, i, model.n_vocab, tok, job.top_logprobs, model.piece)
+            )
+        if stopped:
+            self._finish(slot, "stop", events, text=text, flush=False)
+            return
+        if len(job.generated) >= job.max_new:
+            self._finish(slot, "length", events, text=text)
+            return
+        if text:
             if job.logprobs:
-                job.held_logprobs.append(
-                    token_logprob_entry(ctx, i, model.n_vocab, tok, job.top_logprobs, model.piece)
-                )
-            if stopped:
-                self._finish(slot, "stop", events, text=text, flush=False)
+                events.append([P.EV_PIECE, job.job_id, text, job.held_logprobs])
+                job.held_logprobs = []
+            else:
+                events.append([P.EV_PIECE, job.job_id, text, None])
+        job.last = tok
+
+    def _decode_one_image(self, events: list) -> None:
+        """Encode and decode the next image of the oldest job that is waiting on one.
+
+        One image per step: encoding a picture can take a while on a CPU, and the slots that are
+        generating should get their next token between two pictures, not after all of them.
+        """
+        for slot in self.active:
+            job = slot.job
+            if not job.pending or not job.spans:
                 continue
-            if len(job.generated) >= job.max_new:
-                self._finish(slot, "length", events, text=text)
+            head = len(slot.cached)
+            image = job.next_image(head)
+            if image is None or image.start != head:
                 continue
-            if text:
-                if job.logprobs:
-                    events.append([P.EV_PIECE, job.job_id, text, job.held_logprobs])
-                    job.held_logprobs = []
-                else:
-                    events.append([P.EV_PIECE, job.job_id, text, None])
-            job.last = tok
+            last = image.n_pos == len(job.pending)
+            try:
+                end = self.vision.eval_image(self.ctx, image, n_past=head, seq=slot.seq,
+                                             n_batch=self.n_batch, logits_last=last)
+            except MediaError as exc:
+                log.error("image_decode_failed", job_id=job.job_id, seq=slot.seq, error=str(exc))
+                L.llama_memory_seq_rm(self.mem, slot.seq, head, -1)
+                events.append([P.EV_FAILED, job.job_id, str(exc), "decode_failed"])
+                self._release(slot)
+                return
+            if end != head + image.n_pos:  # a projector that positions differently: keep the truth
+                log.warning("image_positions", job_id=job.job_id, expected=head + image.n_pos, got=end)
+            slot.cached.extend(job.pending[: image.n_pos])
+            job.pending = job.pending[image.n_pos :]
+            if last:  # the prompt ends with the image: its logits are the ones to sample from
+                self._sample(slot, -1, events, 0)
+            return
 
     def _finish(self, slot: Slot, reason: str, events: list, *, text: str = "", flush: bool = True) -> None:
         job = slot.job
@@ -435,7 +535,9 @@ class Engine:
                     "prompt_eval_duration_ns": t_first - job.t_start,
                     "eval_count": len(job.generated),
                     "eval_duration_ns": now - t_first,
-                    "context": job.prompt + job.generated,
+                    # placeholders of images are not tokens: a client cannot send them back
+                    "context": (job.prompt if not job.spans else [t for t in job.prompt if t >= 0])
+                    + job.generated,
                     "cached_count": job.cached_count,
                 },
             ]
@@ -463,7 +565,7 @@ class Engine:
             self._release(slot)
         while self.queue:
             job = self.queue.popleft()
-            job.chain.free()
+            job.free()
             events.append([P.EV_FAILED, job.job_id, message, "internal"])
         L.llama_memory_clear(self.mem, True)
         for slot in self.slots:

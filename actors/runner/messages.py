@@ -55,6 +55,8 @@ class RunnerSpec:
     adapters: tuple[Path, ...] = attrs.field(
         default=(), converter=lambda xs: tuple(Path(x) for x in xs)
     )
+    #: the vision projector (mmproj GGUF) that lets the model see images, if it has one
+    projector: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
 
 
 @attrs.frozen
@@ -64,7 +66,8 @@ class GenerateJob:
     Defaults are Ollama's option defaults, so a caller only sets what the request set.
     ``prompt_tokens`` go *before* the tokens of ``prompt`` (Ollama's ``context`` field);
     ``add_bos`` ``None`` means "as the model's tokenizer says" and is ignored when
-    ``prompt_tokens`` are given (they already start the sequence).
+    ``prompt_tokens`` are given (they already start the sequence). ``images`` are encoded image
+    files; the prompt refers to image N as ``[img-N]`` (only a runner with a projector takes them).
     """
 
     prompt: str = ""
@@ -88,6 +91,7 @@ class GenerateJob:
     num_keep: int = 4
     shift: bool = True
     num_ctx: int | None = None
+    images: tuple[bytes, ...] = attrs.field(default=(), converter=tuple, repr=lambda xs: f"<{len(xs)} images>")
 
 
 @attrs.frozen
@@ -162,6 +166,7 @@ class RunnerFacts:
     add_bos: bool
     kv_unified: bool
     can_shift: bool
+    vision: bool = False
 
 
 class RunnerError(Exception):

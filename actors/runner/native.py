@@ -80,6 +80,13 @@ def install_log_callback(verbose: bool) -> None:
     L.llama_log_set(_callback, ctypes.c_void_p(0))
 
 
+def route_library_logs(set_callback) -> None:
+    """Point another llama.cpp library's logger (libmtmd's) at the callback installed above."""
+    callback = _log_state.get("callback")
+    if callback is not None:
+        set_callback(callback, ctypes.c_void_p(0))
+
+
 # --------------------------------------------------------------------------------------- memory
 def rss_bytes() -> int:
     """Resident set size of this process (Linux), 0 where it cannot be read."""

@@ -168,6 +168,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
             kv_cache_type=spec.kv_cache_type,
         )
         native.apply_adapters(model, ctx, spec.adapters)
+        vision = None
+        if spec.projector is not None:
+            from trillama.actors.runner.media import Vision
+
+            vision = Vision.load(spec.projector, model, n_threads=spec.n_threads,
+                                 use_gpu=spec.n_gpu_layers != 0, flash_attn=spec.flash_attn)
     except native.LoadError as exc:
         log.error("load_failed", error=str(exc), model=str(spec.model_path))
         writer.send([[P.EV_LOAD_FAILED, str(exc)]])
@@ -183,6 +189,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         n_batch=spec.n_batch,
         n_threads=spec.n_threads,
         emit=writer.send,
+        vision=vision,
     )
     facts = {
         "n_ctx": spec.n_ctx,
@@ -198,8 +205,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
         "add_bos": model.add_bos,
         "kv_unified": False,
         "can_shift": engine.can_shift,
+        "vision": vision is not None,
     }
-    log.info("runner_ready", pid=os.getpid(), model=str(spec.model_path), **{k: facts[k] for k in ("n_ctx", "n_parallel", "load_seconds")})
+    log.info("runner_ready", pid=os.getpid(), model=str(spec.model_path),
+             **{k: facts[k] for k in ("n_ctx", "n_parallel", "load_seconds", "vision")})
     writer.send([[P.EV_READY, facts]])
 
     stdin = os.fdopen(0, "rb")
