@@ -39,6 +39,7 @@ def job_from_options(
     num_ctx: int | None = None,
     shift: bool = True,
     extra_stop: tuple[str, ...] = (),
+    images: tuple[bytes, ...] = (),
 ) -> GenerateJob:
     """Build the job; ``options`` are the model's parameters with the request's on top."""
     fields: dict[str, Any] = {k: options[k] for k in SAMPLING_KEYS if options.get(k) is not None}
@@ -64,5 +65,6 @@ def job_from_options(
         top_logprobs=top_logprobs,
         num_ctx=num_ctx,
         shift=shift,
+        images=images,
         **fields,
     )

@@ -282,6 +282,8 @@ class Scheduler:
             kv_cache_type=wanted.kv_cache_type,
             use_mmap=wanted.use_mmap,
             adapters=tuple(Path(p) for p in record.adapter_paths),
+            # Ollama takes one projector per model; a second one in a manifest is ignored there too
+            projector=Path(record.projector_paths[0]) if record.projector_paths else None,
         )
         actor = ModelActor(
             key=key,

@@ -8,8 +8,6 @@ reaches the client as a real status code, and the lease is released however the 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 from typing import Any, AsyncIterator
 
@@ -31,7 +29,7 @@ from trillama.api.completion import (
 from trillama.api.context import services
 from trillama.api.decode import read_request
 from trillama.api.errors import APIError
-from trillama.api.prompting import ChatPrompt, build_chat_prompt, build_generate_prompt, check_think
+from trillama.api.prompting import ChatPrompt, build_chat_prompt, build_generate_prompt, check_think, decode_images
 from trillama.api.streaming import json_response, stream_or_collect
 
 __all__ = ["blueprint"]
@@ -94,12 +92,7 @@ class EmbeddingsRequest:
 
 # ----------------------------------------------------------------------------- shared pieces
 def _check_images(images: list[str] | None, record: Any) -> list[bytes]:
-    decoded = []
-    for image in images or []:
-        try:
-            decoded.append(base64.b64decode(image, validate=True))
-        except (binascii.Error, ValueError) as exc:
-            raise APIError(400, f"illegal base64 data: {exc}") from None
+    decoded = decode_images(images)
     if decoded and "vision" not in (record.capabilities or []):
         raise APIError(400, f'"{record.name.display}" does not support images (the model has no vision projector)')
     return decoded
@@ -182,7 +175,7 @@ async def generate() -> Response:
             job = job_from_options(merged, prompt=prompt, prompt_tokens=req.context or None,
                                    grammar=grammar, logprobs=req.logprobs or req.top_logprobs > 0,
                                    top_logprobs=req.top_logprobs, num_ctx=lease.num_ctx_for(merged.get("num_ctx")),
-                                   shift=req.shift)
+                                   shift=req.shift, images=tuple(images))
             async for event in run_job(lease, job):
                 if isinstance(event, Piece):
                     chunk = {"model": req.model, "created_at": now_rfc3339(), "response": event.text,
@@ -251,13 +244,13 @@ async def chat() -> Response:
                 num_ctx=num_ctx, count_tokens=lease.tokenize,
             )
             if req._debug_render_only:
-                count = sum(len(m.get("images") or []) for m in req.messages)
-                yield _debug_chunk(req.model, prompt.text, count,
+                yield _debug_chunk(req.model, prompt.text, len(prompt.images),
                                    {"message": {"role": "assistant", "content": ""}})
                 return
             job = job_from_options(merged, prompt=prompt.text, grammar=grammar,
                                    logprobs=req.logprobs or req.top_logprobs > 0,
-                                   top_logprobs=req.top_logprobs, num_ctx=num_ctx, shift=req.shift)
+                                   top_logprobs=req.top_logprobs, num_ctx=num_ctx, shift=req.shift,
+                                   images=prompt.images)
             parser = prompt.output_parser()
             async for event in run_job(lease, job):
                 if isinstance(event, Piece):

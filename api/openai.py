@@ -486,7 +486,7 @@ async def _chat_events(plan: _ChatPlan, timer: Timer) -> AsyncIterator[_Delta | 
         prompt = await build_chat_prompt(plan.record, plan.messages, tools=plan.tools, think=plan.think,
                                          truncate=True, num_ctx=num_ctx, count_tokens=lease.tokenize)
         job = job_from_options(plan.options, prompt=prompt.text, grammar=plan.grammar, logprobs=plan.logprobs,
-                               top_logprobs=plan.top_logprobs, num_ctx=num_ctx)
+                               top_logprobs=plan.top_logprobs, num_ctx=num_ctx, images=prompt.images)
         parser = prompt.output_parser()
         held: list[dict[str, Any]] = []
 

@@ -7,18 +7,21 @@ turns template problems and ``think`` values into Ollama's 400s.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any, Awaitable, Callable, Iterator, Sequence
 
 import attrs
 
 from trillama.actors.prompt.messages import Message
 from trillama.actors.prompt.render import PromptFormat, TemplateError, truncate_messages
+from trillama.actors.prompt.truncate import IMAGE_TOKENS
 from trillama.actors.prompt.thinking import ThinkingSplitter, prompt_opens_thinking
 from trillama.actors.prompt.toolcalls import ToolCallParser
 from trillama.api.errors import APIError
 
 __all__ = ["prompt_format", "build_generate_prompt", "build_chat_prompt", "ChatPrompt", "check_think",
-           "parse_messages"]
+           "parse_messages", "decode_images"]
 
 _THINK_LEVELS = ("high", "medium", "low", "max")
 
@@ -61,10 +64,40 @@ def parse_messages(raw: Sequence[dict[str, Any]]) -> list[Message]:
     return messages
 
 
+def decode_images(images: Sequence[Any] | None) -> list[bytes]:
+    """Base64 image strings (Ollama's ``images``) to bytes; 400 in Ollama's words if one is not."""
+    decoded = []
+    for image in images or ():
+        if isinstance(image, (bytes, bytearray)):
+            decoded.append(bytes(image))
+            continue
+        try:
+            decoded.append(base64.b64decode(image, validate=True))
+        except (binascii.Error, ValueError, TypeError) as exc:
+            raise APIError(400, f"illegal base64 data: {exc}") from None
+    return decoded
+
+
+def _tag_raw(prompt: str, images: int) -> str:
+    """A raw prompt keeps its text; each image it does not mention yet fills an ``[img]``
+    placeholder or, failing that, is tagged in front (as a chat message's images are)."""
+    prefix = ""
+    for i in range(images):
+        tag = f"[img-{i}]"
+        if tag in prompt:
+            continue
+        if "[img]" in prompt:
+            prompt = prompt.replace("[img]", tag, 1)
+        else:
+            prefix += tag
+    return prefix + prompt
+
+
 def build_generate_prompt(record: Any, prompt: str, *, system: str | None, template: str | None, suffix: str,
                           raw: bool, has_context: bool, images: int, think: bool | str | None) -> str:
+    """The /api/generate prompt text; image ``i`` appears in it as ``[img-i]``."""
     if raw:
-        return prompt
+        return _tag_raw(prompt, images)
     fmt = prompt_format(record)
     if template:
         fmt = attrs.evolve(fmt, template=template)
@@ -127,6 +160,8 @@ class ChatPrompt:
     fmt: PromptFormat
     tools: list[dict[str, Any]] | None
     think: bool | str | None
+    #: the images of the messages that made it into ``text``, in ``[img-N]`` order
+    images: tuple[bytes, ...] = ()
 
     def output_parser(self) -> OutputParser:
         thinking = None
@@ -159,11 +194,15 @@ async def build_chat_prompt(
     async def count(text: str) -> int:
         return len(await count_tokens(text))
 
+    vision = "vision" in (record.capabilities or [])
     try:
         if truncate:
-            text = (await truncate_messages(messages, count, num_ctx, render=render)).prompt
+            kept = await truncate_messages(messages, count, num_ctx, render=render,
+                                           image_tokens=IMAGE_TOKENS if vision else 0)
+            text, messages = kept.prompt, list(kept.messages)
         else:
             text = render(messages)
     except TemplateError as exc:
         raise APIError(400, f"template error: {exc}") from None
-    return ChatPrompt(text=text, fmt=fmt, tools=tools, think=think)
+    images = tuple(decode_images([image for m in messages for image in m.images])) if vision else ()
+    return ChatPrompt(text=text, fmt=fmt, tools=tools, think=think, images=images)

@@ -262,6 +262,15 @@ def test_images_become_numbered_markers():
     assert render_chat(t, msgs) == "[img-0][img-1]look|ok|[img-3]and [img-2] here|"
 
 
+def test_a_jinja_chat_template_sees_the_image_tags_too():
+    jinja = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+    msgs = [Message("user", "what is this?", images=[b"1"]), Message("assistant", "a cat"),
+            Message("user", "and this?", images=[b"2"])]
+    assert render_chat(None, msgs, chat_template=jinja) == (
+        "<user>[img-0]what is this?<assistant>a cat<user>[img-1]and this?"
+    )
+
+
 # -- generate -----------------------------------------------------------------------------------------
 
 

@@ -85,14 +85,11 @@ def _compile(source: str) -> jinja2.Template:
         raise TemplateError(f"chat template: line {exc.lineno}: {exc.message}") from None
 
 
-def jinja_messages(messages: Sequence[Message], *, image_marker: str | None = None) -> list[dict[str, Any]]:
-    """Messages in the shape Hugging Face chat templates expect."""
+def jinja_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Messages in the shape Hugging Face chat templates expect (images are tags in the text)."""
     out: list[dict[str, Any]] = []
     for m in messages:
-        content = m.content
-        if image_marker and m.images:
-            content = image_marker * len(m.images) + content
-        d: dict[str, Any] = {"role": m.role, "content": content}
+        d: dict[str, Any] = {"role": m.role, "content": m.content}
         if m.thinking:
             d["thinking"] = m.thinking
             d["reasoning_content"] = m.thinking
@@ -123,12 +120,11 @@ def render_jinja(
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
-    image_marker: str | None = None,
 ) -> str:
     """Render a chat template; raises :class:`TemplateError` on syntax, runtime or sandbox errors."""
     template = _compile(chat_template)
     context: dict[str, Any] = {
-        "messages": jinja_messages(messages, image_marker=image_marker),
+        "messages": jinja_messages(messages),
         "tools": [dict(t) for t in tools] if tools else None,
         "add_generation_prompt": add_generation_prompt,
         "bos_token": bos_token,

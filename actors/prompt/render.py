@@ -213,7 +213,6 @@ def render_chat(
     chat_template: str | None = None,
     bos_token: str = "",
     eos_token: str = "",
-    image_marker: str | None = None,
 ) -> str:
     """Render a chat prompt.
 
@@ -224,6 +223,7 @@ def render_chat(
     """
     if system_default or history:
         messages = chat_messages(messages, system_default=system_default, history=history)
+    messages = tag_images(messages)
     if not template and chat_template:
         return render_jinja(
             chat_template,
@@ -232,10 +232,9 @@ def render_chat(
             think=think,
             bos_token=bos_token,
             eos_token=eos_token,
-            image_marker=image_marker,
         )
     t = parse_template(template or DEFAULT_TEMPLATE)
-    return _execute(t, tag_images(messages), tools, think)
+    return _execute(t, messages, tools, think)
 
 
 def render_generate(
@@ -252,7 +251,6 @@ def render_generate(
     chat_template: str | None = None,
     bos_token: str = "",
     eos_token: str = "",
-    image_marker: str | None = None,
 ) -> str:
     """Render an /api/generate prompt (not raw mode: a raw prompt is used as sent).
 
@@ -279,7 +277,6 @@ def render_generate(
         chat_template=chat_template,
         bos_token=bos_token,
         eos_token=eos_token,
-        image_marker=image_marker,
     )
 
 
