@@ -183,16 +183,26 @@ def test_the_documented_vision_examples_work(server, smollm2_gguf, tmp_path):
         assert "vision" in http.post("/api/show", json={"model": "my-vision"}).json()["capabilities"]
 
 
-def test_the_cli_adds_a_projector_to_an_existing_model(server, tmp_path):
+def test_the_cli_adds_a_projector_and_runs_with_picture_paths(server, tmp_path):
     write_tiny_projector(tmp_path / "mmproj.gguf", text_embd=576)
-    (tmp_path / "Modelfile").write_text("FROM smollm2:135m\nFROM ./mmproj.gguf\n")
+    (tmp_path / "Modelfile").write_text(
+        "FROM smollm2:135m\nFROM ./mmproj.gguf\nPARAMETER temperature 0\nPARAMETER num_predict 12\n")
+    (tmp_path / "red picture.png").write_bytes(RED)
+    (tmp_path / "blue.png").write_bytes(BLUE)
     env = {**os.environ, "OLLAMA_HOST": server.base_url}
-    result = subprocess.run([sys.executable, "-m", "trillama", "create", "eyes", "-f", str(tmp_path / "Modelfile")],
-                            env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    client = ollama.Client(host=server.base_url, timeout=120)
-    assert "vision" in client.show("eyes").capabilities
-    answers = {client.chat(model="eyes", options=GREEDY,
-                           messages=[{"role": "user", "content": QUESTION, "images": [image]}]).message.content
-               for image in (RED, BLUE)}
-    assert len(answers) == 2
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "trillama", *args], env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    cli("create", "eyes", "-f", "Modelfile")
+    assert "vision" in ollama.Client(host=server.base_url).show("eyes").capabilities
+    red = cli("run", "eyes", "Describe ./red\\ picture.png please")
+    assert "Added image 'red picture.png'" in red.stderr
+    blue = cli("run", "eyes", "Describe ./blue.png please")
+    assert red.stdout.strip() and red.stdout != blue.stdout
+    assert cli("run", "eyes", "Describe ./red\\ picture.png please").stdout == red.stdout
+    # the same words without the picture: the path leaves the prompt, so the answer differs again
+    assert cli("run", "eyes", "Describe please").stdout not in (red.stdout, blue.stdout)

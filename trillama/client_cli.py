@@ -7,8 +7,10 @@ arguments, make a request, print the answer the way ``ollama`` prints it.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -191,6 +193,40 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
+#: A picture named in a prompt: an absolute, ``./``, ``../`` or ``~/`` path (spaces escaped with a
+#: backslash) ending in an image extension, as the ollama CLI recognises them.
+_IMAGE_PATH = re.compile(r"(?:~|\.{1,2})?/(?:[^\s\\]|\\ )+?\.(?:jpe?g|png|webp)\b", re.IGNORECASE)
+
+
+def extract_images(prompt: str) -> tuple[str, list[Path]]:
+    """Take the image files a prompt names out of it: (the rest of the prompt, the files).
+
+    Paths that do not name an existing file stay in the text, as they do in ``ollama run``.
+    """
+    found: list[Path] = []
+
+    def take(match: re.Match) -> str:
+        path = Path(os.path.expanduser(match.group(0).replace("\\ ", " ")))
+        if not path.is_file():
+            return match.group(0)
+        found.append(path)
+        return ""
+
+    rest = _IMAGE_PATH.sub(take, prompt)
+    return " ".join(rest.split()) if found else prompt, found
+
+
+def _with_images(prompt: str, vision: bool) -> tuple[str, list[str]]:
+    if not vision:
+        return prompt, []
+    text, paths = extract_images(prompt)
+    images = []
+    for path in paths:
+        print(f"Added image '{path}'", file=sys.stderr)
+        images.append(base64.b64encode(path.read_bytes()).decode("ascii"))
+    return text, images
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     prompt = " ".join(args.prompt)
     if not sys.stdin.isatty():
@@ -201,8 +237,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.format:
         body["format"] = args.format
     with _client() as client:
+        shown = client.post("/api/show", json={"model": args.model})
+        vision = shown.status_code == 200 and "vision" in (shown.json().get("capabilities") or [])
         if prompt:
-            return _run_once(client, body, prompt, args.verbose)
+            prompt, images = _with_images(prompt, vision)
+            return _run_once(client, {**body, "images": images} if images else body, prompt, args.verbose)
         _check(client.post("/api/generate", json=body))  # load the model first, as ollama does
         messages: list[dict] = []
         while True:
@@ -215,7 +254,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 return 0
             if not line.strip():
                 continue
-            messages.append({"role": "user", "content": line})
+            line, images = _with_images(line, vision)
+            messages.append({"role": "user", "content": line, **({"images": images} if images else {})})
             reply = ""
             for item in _stream(client, "POST", "/api/chat", {**body, "messages": messages}):
                 piece = item.get("message", {}).get("content", "")
