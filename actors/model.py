@@ -108,10 +108,13 @@ class ModelActor:
     max_queue: int
     keep_alive: float  # seconds; math.inf = forever; 0 = unload when idle
     on_idle: Callable[["ModelActor"], None] = lambda actor: None
+    #: called when the runner starts having work (``running`` 0 → 1) and when it runs out (→ 0)
+    on_busy: Callable[["ModelActor"], None] = lambda actor: None
 
     state: str = "pending"  # pending → loading → ready → stopping → stopped | failed
     refcount: int = 0
     pending: int = 0
+    running: int = 0  # jobs handed to the runner and not finished
     last_used: float = attrs.field(factory=time.monotonic)
     load_error: str | None = None
     runner: "Runner | None" = None
@@ -194,6 +197,9 @@ class ModelActor:
 
     async def _run_job(self, job: _Job, slots: trio.Semaphore) -> None:
         assert self.runner is not None
+        self.running += 1
+        if self.running == 1:
+            self.on_busy(self)
         try:
             async with job.events:
                 if job.kind == "generate":
@@ -212,6 +218,9 @@ class ModelActor:
             log.warning("job_failed", model=self.name, job=job.job_id, error=str(exc))
         finally:
             slots.release()
+            self.running -= 1
+            if self.running == 0:
+                self.on_busy(self)
 
     def mark_loading(self) -> None:
         self.state = "loading"

@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import attrs
 import trio
 
+from trillama.actors.cpu import share_threads
 from trillama.actors.memory import Device, Placement, discover_devices, estimate, place
 from trillama.actors.model import LoadFailed, LoadOptions, Lease, ModelActor, ModelGone, ServerBusy
 from trillama.config import Settings
@@ -202,16 +203,18 @@ class Scheduler:
         """Each model's runner process and slot states (trillama's ``/api/runners``)."""
         out = []
         for actor in list(self._actors):
-            slots = []
+            slots, threads = [], None
             if actor.state == "ready" and actor.runner is not None and not actor.runner.died.is_set():
                 try:
-                    slots = [attrs.asdict(s) for s in await actor.runner.slots()]
+                    states, threads = await actor.runner.status()
+                    slots = [attrs.asdict(s) for s in states]
                 except Exception as exc:  # a runner dying under the question is an answer too
                     log.info("slots_unavailable", model=actor.name, error=str(exc))
             out.append({
                 "name": actor.name, "state": actor.state, "pid": actor.runner.pid if actor.runner else None,
                 "num_ctx": actor.num_ctx, "num_parallel": actor.options.num_parallel,
                 "refcount": actor.refcount, "queued": actor.pending, "slots": slots,
+                "threads": threads,
             })
         return out
 
@@ -249,6 +252,18 @@ class Scheduler:
         if actor.stop_reason == "reload" or actor.keep_alive == 0:
             actor.request_stop(actor.stop_reason or "keep_alive 0")
         self._notify()
+
+    def _share_threads(self, _changed: ModelActor) -> None:
+        """A runner started or stopped having work: split the decode threads again (actors/cpu.py)."""
+        live = [a for a in self._actors
+                if a.state == "ready" and a.runner is not None and not a.runner.died.is_set()]
+        shares = share_threads({a: a.options.num_thread for a in live}, {a for a in live if a.running},
+                               self.settings.effective_num_threads)
+        for actor, threads in shares.items():
+            if actor.runner.threads != threads:
+                log.info("runner_threads", model=actor.name, threads=threads, was=actor.runner.threads,
+                         busy=sum(1 for a in live if a.running))
+                actor.runner.set_threads(threads)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -298,6 +313,7 @@ class Scheduler:
             max_queue=self.settings.max_queue,
             keep_alive=self.settings.keep_alive if keep_alive is None else keep_alive,
             on_idle=self._on_idle,
+            on_busy=self._share_threads,
         )
         self._actors.append(actor)
         self._nursery.start_soon(self._lifecycle, actor)

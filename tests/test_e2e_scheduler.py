@@ -337,3 +337,41 @@ def test_metrics_endpoint(server):
     assert f'trillama_tokens_total{{kind="generated",model="{SMOL}"}} 5.0' in text
     assert "trillama_models_loaded 1.0" in text
     assert f'trillama_requests_queued{{model="{SMOL}"}} 0.0' in text
+
+
+def test_busy_models_share_the_cores(start_server):
+    """Two models decoding at once split TRILLAMA_NUM_THREADS; alone, a model gets them all back."""
+    server = start_server({"TRILLAMA_NUM_THREADS": "2"})
+
+    def job(model: str, n: int) -> dict:
+        # raw counting: SmolLM2 keeps going until num_predict, it never says it is done
+        return {"model": model, "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "raw": True,
+                "options": {"num_predict": n, "temperature": 0}}
+
+    def rows(client: httpx.Client) -> dict[str, dict]:
+        return {row["name"]: row for row in runners(client) if row["state"] == "ready"}
+
+    def threads(client: httpx.Client) -> dict[str, int]:
+        return {name: row["threads"] for name, row in rows(client).items()}
+
+    with server.client() as client:
+        for model in (SMOL, GEMMA):  # load both
+            assert client.post("/api/generate", json={"model": model}).status_code == 200
+        assert threads(client) == {SMOL: 2, GEMMA: 2}
+        with client.stream("POST", "/api/generate", json=job(SMOL, 5000)) as long:
+            long_lines = long.iter_lines()
+            assert json.loads(next(long_lines))["done"] is False
+            assert threads(client) == {SMOL: 2, GEMMA: 2}  # working alone: all the cores
+            with client.stream("POST", "/api/generate", json=job(GEMMA, 40)) as short:
+                short_lines = short.iter_lines()
+                assert json.loads(next(short_lines))["done"] is False
+                assert threads(client) == {SMOL: 1, GEMMA: 1}  # both decoding: one core each
+                assert any(json.loads(line)["done"] for line in short_lines if line.strip())
+
+            def alone_again() -> bool:
+                smol = rows(client)[SMOL]
+                return smol["refcount"] == 1 and smol["threads"] == 2
+
+            assert wait_for(alone_again)  # smollm2 still generating, on both cores again
+        wait_for(lambda: all(not row["refcount"] for row in runners(client)))
+        assert threads(client) == {SMOL: 2, GEMMA: 2}

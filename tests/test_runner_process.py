@@ -197,6 +197,24 @@ async def test_next_turn_reuses_the_cached_prefix():
         assert sorted(s.n_cached for s in states)[-1] >= total
 
 
+async def test_decode_threads_change_between_steps():
+    async with Runner.open(spec(n_threads=2)) as runner:
+        assert (await runner.status())[1] == 2 and runner.threads == 2
+        runner.set_threads(1)
+        assert runner.threads == 1
+        # applied in order: a status asked after the change sees it, and jobs keep working
+        assert (await runner.status())[1] == 1
+        _, _, done = await run(runner, "one-thread", greedy(COUNTING, num_predict=8))
+        assert isinstance(done, Done) and done.eval_count == 8
+        vectors, _ = await runner.embed(["threads"])  # the embedding context starts with the new count
+        assert len(vectors[0]) == 576
+        runner.set_threads(0)  # never below one
+        assert (await runner.status())[1] == 1
+        runner.set_threads(2)
+        states, threads = await runner.status()
+        assert threads == 2 and len(states) == 2
+
+
 async def test_cancelling_a_job_frees_its_slot_at_once():
     async with Runner.open(spec(n_parallel=2)) as runner:
         async with aclosing(runner.run_job("long", greedy(COUNTING, num_predict=400))) as events:

@@ -89,6 +89,8 @@ class Runner:
         self._process = process
         self.pid: int = process.pid
         self.facts: RunnerFacts | None = None
+        #: the decode threads last asked for (:meth:`set_threads`); the spec's until then
+        self.threads: int = spec.n_threads
         #: set once the process has exited, for whatever reason
         self.died = trio.Event()
         #: why it exited ("exited with code 1", "killed by signal 9"…), None while running
@@ -417,5 +419,18 @@ class Runner:
 
     async def slots(self) -> list[SlotState]:
         """The state of every slot as of the runner's next step (busy, job id, cached tokens)."""
-        states = await self._request(P.OP_SLOTS)
-        return [SlotState(**s) for s in states]
+        return (await self.status())[0]
+
+    async def status(self) -> tuple[list[SlotState], int]:
+        """Slot states and the number of decode threads, as of the runner's next step."""
+        reply = await self._request(P.OP_SLOTS)
+        return [SlotState(**s) for s in reply["slots"]], int(reply["n_threads"])
+
+    def set_threads(self, n: int) -> None:
+        """Decode with ``n`` threads from the runner's next step on.
+
+        Sent at once, without waiting: a job posted after this call is decoded with ``n``
+        threads from its first step. :attr:`threads` is what was last asked.
+        """
+        self.threads = max(1, int(n))
+        self._post([P.OP_THREADS, self.threads])

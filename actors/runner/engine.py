@@ -276,9 +276,22 @@ class Engine:
             elif op == P.OP_CANCEL:
                 self._cancel(cmd[1])
             elif op == P.OP_SLOTS:
-                self.emit([[P.EV_REPLY, cmd[1], self.slot_states()]])
+                self.emit([[P.EV_REPLY, cmd[1], {"slots": self.slot_states(), "n_threads": self.n_threads}]])
+            elif op == P.OP_THREADS:
+                self.set_threads(cmd[1])
             elif op == P.OP_EMBED:
                 self._embed(cmd[1], cmd[2], cmd[3])
+
+    def set_threads(self, n: int) -> None:
+        """Decode with ``n`` threads from now on (the scheduler shares the cores among busy runners)."""
+        n = max(1, int(n))
+        if n == self.n_threads:
+            return
+        L.llama_set_n_threads(self.ctx, n, n)
+        if self._embedder is not None:
+            L.llama_set_n_threads(self._embedder.ctx, n, n)
+        log.debug("threads_set", n_threads=n, was=self.n_threads)
+        self.n_threads = n
 
     def slot_states(self) -> list[dict]:
         return [

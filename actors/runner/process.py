@@ -112,7 +112,7 @@ def _reader(engine, model, stdin, writer: FrameWriter, log) -> None:
                     writer.send([[P.EV_REPLY, msg[1], model.detokenize(tokens)]])
                 except Exception as exc:
                     writer.send([[P.EV_ERROR, msg[1], str(exc), "bad_request"]])
-            elif op in (P.OP_EMBED, P.OP_SLOTS):
+            elif op in (P.OP_EMBED, P.OP_SLOTS, P.OP_THREADS):
                 engine.submit(tuple(msg))
             elif op == P.OP_STOP:
                 log.info("stop_requested")

@@ -30,6 +30,7 @@ __all__ = [
     "OP_DETOKENIZE",
     "OP_EMBED",
     "OP_SLOTS",
+    "OP_THREADS",
     "OP_STOP",
     "EV_READY",
     "EV_LOAD_FAILED",
@@ -50,7 +51,8 @@ OP_CANCEL = "cancel"  # [op, job_id]
 OP_TOKENIZE = "tok"  # [op, req_id, text, add_special]
 OP_DETOKENIZE = "detok"  # [op, req_id, tokens]
 OP_EMBED = "embed"  # [op, req_id, inputs, truncate]
-OP_SLOTS = "slots"  # [op, req_id]
+OP_SLOTS = "slots"  # [op, req_id] → {"slots": [slot state…], "n_threads": n}
+OP_THREADS = "threads"  # [op, n]: decode with n threads from the next step on (no reply)
 OP_STOP = "stop"  # [op]
 
 # runner → server (each frame is a list of these)
