@@ -31,7 +31,7 @@ from trillama.store import (
     request_from_modelfile,
 )
 from trillama.store.digests import DIGEST_RE
-from trillama.store.gofmt import format_go_time, go_quote, go_sharp_v, go_v
+from trillama.gofmt import format_go_time, go_quote, go_sharp_v, go_v
 from trillama.store.modelfile import Command, Modelfile
 from trillama.store.templates import DEFAULT_TEMPLATE
 

@@ -23,7 +23,7 @@ from trillama.logs import get_logger
 from trillama.store.digests import normalize_digest
 from trillama.store.errors import InvalidRequest, ModelNotFound, NotGGUF, StoreError
 from trillama.store.gguf_info import GGUFInfo, is_gguf, read_gguf_info
-from trillama.store.gofmt import go_json
+from trillama.gofmt import go_json
 from trillama.store.manifest import (
     CONFIG_MEDIA_TYPE,
     MEDIA_ADAPTER,

@@ -26,7 +26,7 @@ import attrs
 
 from trillama.logs import get_logger
 from trillama.store.errors import NotGGUF
-from trillama.store.gofmt import go_float32
+from trillama.gofmt import go_float32
 
 __all__ = ["GGUFInfo", "GGUFArray", "read_gguf_info", "is_gguf", "human_number", "file_type_name", "NotGGUF"]
 

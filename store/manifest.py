@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from trillama.store.errors import CorruptManifest
-from trillama.store.gofmt import go_json
+from trillama.gofmt import go_json
 
 __all__ = [
     "MANIFEST_MEDIA_TYPE",

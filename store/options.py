@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from trillama.logs import get_logger
 from trillama.store.errors import InvalidRequest
-from trillama.store.gofmt import go_float32
+from trillama.gofmt import go_float32
 
 __all__ = [
     "OPTION_TYPES",

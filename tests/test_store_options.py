@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from trillama.store.gofmt import format_go_time, go_float32, go_g, go_json, go_quote, go_sharp_v, go_v
+from trillama.gofmt import format_go_time, go_float32, go_g, go_json, go_quote, go_sharp_v, go_v
 from trillama.store.options import OPTION_TYPES, RUNNER_OPTIONS, OptionError, coerce_options, parse_parameter
 
 
@@ -84,3 +84,15 @@ def test_format_go_time() -> None:
     assert format_go_time(utc) == "2024-05-01T10:00:00.12Z"
     pdt = datetime(2024, 5, 1, 3, 0, 0, tzinfo=timezone(timedelta(hours=-7)))
     assert format_go_time(pdt) == "2024-05-01T03:00:00-07:00"
+
+
+@pytest.mark.parametrize("value", [
+    {"b": [1, 2.5, 1e21, 1e-7, -0.0], "a": "<tag> & \u2028 \ud800 \x01 \"q\""},
+    ["x", None, True, 0.1, 123456789.0],
+])
+def test_store_json_and_template_json_agree(value):
+    """One set of Go formatting primitives: the store's blobs and the ``json`` template function
+    write the same bytes for the same (map-shaped) value."""
+    from trillama.actors.prompt.govalues import json_marshal
+
+    assert go_json(value, sort_keys=True, newline=False).decode() == json_marshal(value)

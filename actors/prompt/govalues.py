@@ -19,12 +19,13 @@ Go's rules for turning values into text: ``fmt.Fprint`` for ``{{ x }}`` (maps pr
 from __future__ import annotations
 
 import base64
-import decimal
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
+
+from trillama.gofmt import go_g, go_json_float, go_json_string, go_quote
 
 __all__ = [
     "GoStruct",
@@ -183,45 +184,6 @@ def type_name(value: Any) -> str:
 # Floats
 
 
-def _digits(f: float) -> tuple[str, int]:
-    """Shortest decimal digits of ``abs(f)`` that round-trip, and the decimal point position.
-
-    ``(digits, dp)`` means ``0.<digits> * 10**dp``, as Go's strconv describes it.
-    """
-    d = decimal.Decimal(repr(abs(f))).normalize()
-    sign, digit_tuple, exponent = d.as_tuple()
-    digits = "".join(str(x) for x in digit_tuple)
-    if digits == "0":
-        return "0", 1
-    assert isinstance(exponent, int)
-    return digits, len(digits) + exponent
-
-
-def _fmt_e(neg: bool, digits: str, dp: int, prec: int) -> str:
-    mant = digits[0]
-    if prec > 0:
-        mant += "." + digits[1 : 1 + prec].ljust(prec, "0")
-    exp = dp - 1 if digits != "0" else 0
-    sign = "-" if exp < 0 else "+"
-    exp_text = str(abs(exp)).rjust(2, "0")
-    return ("-" if neg else "") + mant + "e" + sign + exp_text
-
-
-def _fmt_f(neg: bool, digits: str, dp: int, decimals: int) -> str:
-    if dp <= 0:
-        whole = "0"
-        frac = "0" * (-dp) + digits
-    elif dp >= len(digits):
-        whole = digits + "0" * (dp - len(digits))
-        frac = ""
-    else:
-        whole = digits[:dp]
-        frac = digits[dp:]
-    frac = frac[:decimals].ljust(decimals, "0")
-    text = whole + ("." + frac if decimals > 0 else "")
-    return ("-" if neg else "") + text
-
-
 def _special(f: float) -> str | None:
     if math.isnan(f):
         return "NaN"
@@ -230,33 +192,16 @@ def _special(f: float) -> str | None:
     return None
 
 
-def format_float_v(f: float) -> str:
-    """``fmt.Sprint`` of a float64: shortest digits, exponent form below 1e-4 or from 1e+06 on."""
-    special = _special(f)
-    if special is not None:
-        return special
-    neg = math.copysign(1.0, f) < 0
-    digits, dp = _digits(f)
-    exp = dp - 1
-    if digits != "0" and (exp < -4 or exp >= 6):
-        return _fmt_e(neg, digits, dp, len(digits) - 1)
-    return _fmt_f(neg, digits, dp, max(len(digits) - dp, 0))
+#: ``fmt.Sprint`` of a float64: shortest digits, exponent form below 1e-4 or from 1e+06 on.
+format_float_v = go_g
 
 
 def format_float_json(f: float) -> str:
     """``encoding/json`` form of a float64 (plain digits unless tiny or from 1e21 on)."""
-    if math.isnan(f) or math.isinf(f):
-        raise GoValueError(f"json: unsupported value: {_special(f)}")
-    neg = math.copysign(1.0, f) < 0 and f != 0
-    digits, dp = _digits(f)
-    a = abs(f)
-    if a != 0 and (a < 1e-6 or a >= 1e21):
-        text = _fmt_e(neg, digits, dp, len(digits) - 1)
-        # Go tidies e-07 into e-7 (but leaves e+21 alone).
-        if len(text) >= 4 and text[-4] == "e" and text[-3] == "-" and text[-2] == "0":
-            text = text[:-2] + text[-1]
-        return text
-    return _fmt_f(neg, digits, dp, max(len(digits) - dp, 0))
+    try:
+        return go_json_float(f)
+    except ValueError:
+        raise GoValueError(f"json: unsupported value: {_special(f)}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,38 +282,6 @@ def sprintln(*args: Any) -> str:
 # encoding/json
 
 
-_JSON_ESCAPES = {
-    '"': '\\"',
-    "\\": "\\\\",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\b": "\\b",
-    "\f": "\\f",
-    "<": "\\u003c",
-    ">": "\\u003e",
-    "&": "\\u0026",
-    "\u2028": "\\u2028",
-    "\u2029": "\\u2029",
-}
-
-
-def _json_string(s: str) -> str:
-    out = ['"']
-    for ch in s:
-        esc = _JSON_ESCAPES.get(ch)
-        if esc is not None:
-            out.append(esc)
-        elif ord(ch) < 0x20:
-            out.append(f"\\u{ord(ch):04x}")
-        elif 0xD800 <= ord(ch) <= 0xDFFF:
-            out.append("\ufffd")  # Go replaces invalid UTF-8 / lone surrogates
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
 def _is_empty(value: Any) -> bool:
     """What ``omitempty`` leaves out."""
     if value is None:
@@ -392,9 +305,9 @@ def _json(value: Any, out: list[str]) -> None:
     elif isinstance(value, float):
         out.append(format_float_json(value))
     elif isinstance(value, str):
-        out.append(_json_string(value))
+        out.append(go_json_string(value))
     elif isinstance(value, bytes):
-        out.append(_json_string(base64.b64encode(value).decode("ascii")))
+        out.append(go_json_string(base64.b64encode(value).decode("ascii")))
     elif isinstance(value, NilSlice):
         out.append("null")
     elif isinstance(value, StringerList):
@@ -414,7 +327,7 @@ def _json(value: Any, out: list[str]) -> None:
         for i, (k, v) in enumerate(_map_items(value)):
             if i:
                 out.append(",")
-            out.append(_json_string(k if isinstance(k, str) else sprint_value(k)))
+            out.append(go_json_string(k if isinstance(k, str) else sprint_value(k)))
             out.append(":")
             _json(v, out)
         out.append("}")
@@ -427,7 +340,7 @@ def _json(value: Any, out: list[str]) -> None:
             if not first:
                 out.append(",")
             first = False
-            out.append(_json_string(spec.json_name or spec.name))
+            out.append(go_json_string(spec.json_name or spec.name))
             out.append(":")
             _json(v, out)
         out.append("}")
@@ -439,40 +352,6 @@ def json_marshal(value: Any) -> str:
     """``json.Marshal`` as Go does it: compact, sorted map keys, HTML characters escaped."""
     out: list[str] = []
     _json(value, out)
-    return "".join(out)
-
-
-# --------------------------------------------------------------------------------------------
-# strconv.Quote
-
-
-_QUOTE_ESCAPES = {
-    "\a": "\\a",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\v": "\\v",
-    "\\": "\\\\",
-}
-
-
-def go_quote(s: str, quote: str = '"') -> str:
-    out = [quote]
-    for ch in s:
-        if ch == quote:
-            out.append("\\" + ch)
-        elif ch in _QUOTE_ESCAPES:
-            out.append(_QUOTE_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
-        elif not ch.isprintable() and ch != " ":
-            code = ord(ch)
-            out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-        else:
-            out.append(ch)
-    out.append(quote)
     return "".join(out)
 
 

@@ -1,23 +1,39 @@
-"""Text the way Go writes it: JSON, ``%v``, ``%#v``, ``%q`` and RFC 3339 timestamps.
+"""Text the way Go writes it: JSON, ``%v``, ``%#v``, ``%q``, floats and RFC 3339 timestamps.
 
 Ollama is a Go program, and several things clients or files depend on are Go's formatting rather
 than anything in a spec: the bytes of the small JSON blobs (their digests are their names, so the
 same parameters should give the same blob under both servers), the ``parameters`` text of
-``/api/show`` (``%-30s %#v``), the values in a printed Modelfile (``%v``), and the timestamps.
+``/api/show`` (``%-30s %#v``), the values in a printed Modelfile (``%v``), the timestamps — and
+the prompt text Go templates produce. The store uses the value formatting here directly; the
+template engine (``actors/prompt/govalues.py``) builds Go's richer value model on the same
+primitives (float digits, JSON strings, quoting), so both agree to the byte.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["go_json", "go_quote", "go_v", "go_sharp_v", "go_float32", "go_g", "format_go_time"]
+__all__ = ["go_json", "go_json_string", "go_json_float", "go_quote", "go_v", "go_sharp_v", "go_float32",
+           "go_g", "shortest_digits", "format_go_time"]
 
-_HTML_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_JSON_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\b": "\\b",
+    "\f": "\\f",
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
 
 
 def go_float32(value: float) -> float:
@@ -36,8 +52,9 @@ def go_float32(value: float) -> float:
     return single  # pragma: no cover - nine significant digits always suffice
 
 
-def _shortest_digits(value: float) -> tuple[str, int]:
-    """Shortest round-trip digits of ``abs(value)`` and the decimal point position (Go's dp)."""
+def shortest_digits(value: float) -> tuple[str, int]:
+    """Shortest round-trip digits of ``abs(value)`` and the decimal point position (Go's dp):
+    ``(digits, dp)`` means ``0.<digits> × 10**dp``, as Go's strconv describes it."""
     sign, digits, exponent = Decimal(repr(abs(value))).normalize().as_tuple()
     text = "".join(map(str, digits)).rstrip("0") or "0"
     return text, len(digits) + int(exponent)
@@ -51,7 +68,7 @@ def go_g(value: float) -> str:
         return "+Inf" if value > 0 else "-Inf"
     if value == 0:
         return "-0" if math.copysign(1.0, value) < 0 else "0"
-    digits, dp = _shortest_digits(value)
+    digits, dp = shortest_digits(value)
     sign = "-" if value < 0 else ""
     exp = dp - 1
     if exp < -4 or exp >= 6:
@@ -65,7 +82,7 @@ def go_g(value: float) -> str:
     return f"{sign}{digits[:dp]}.{digits[dp:]}"
 
 
-def _go_json_float(value: float) -> str:
+def go_json_float(value: float) -> str:
     """encoding/json's float format: plain decimals, exponent only for tiny or huge values."""
     if not math.isfinite(value):
         raise ValueError(f"json: unsupported value: {value}")
@@ -73,11 +90,11 @@ def _go_json_float(value: float) -> str:
         return "0"
     magnitude = abs(value)
     if magnitude < 1e-6 or magnitude >= 1e21:
-        digits, dp = _shortest_digits(value)
+        digits, dp = shortest_digits(value)
         mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
         exp = dp - 1
         return f"{'-' if value < 0 else ''}{mantissa}e{'-' if exp < 0 else '+'}{abs(exp)}"
-    digits, dp = _shortest_digits(value)
+    digits, dp = shortest_digits(value)
     sign = "-" if value < 0 else ""
     if dp <= 0:
         return f"{sign}0.{'0' * -dp}{digits}"
@@ -96,12 +113,9 @@ def _encode(value: Any, sort_keys: bool, out: list[str]) -> None:
     elif isinstance(value, int):
         out.append(str(value))
     elif isinstance(value, float):
-        out.append(_go_json_float(value))
+        out.append(go_json_float(value))
     elif isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
-        for raw, escaped in _HTML_ESCAPES.items():
-            text = text.replace(raw, escaped)
-        out.append(text)
+        out.append(go_json_string(value))
     elif isinstance(value, dict):
         out.append("{")
         items = sorted(value.items()) if sort_keys else value.items()
@@ -123,6 +137,24 @@ def _encode(value: Any, sort_keys: bool, out: list[str]) -> None:
         raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
+def go_json_string(text: str) -> str:
+    """A JSON string as ``encoding/json`` writes it: HTML characters escaped, lone surrogates
+    (invalid UTF-8 in Go) replaced by U+FFFD."""
+    out = ['"']
+    for ch in text:
+        escaped = _JSON_ESCAPES.get(ch)
+        if escaped is not None:
+            out.append(escaped)
+        elif ord(ch) < 0x20:
+            out.append(f"\\u{ord(ch):04x}")
+        elif 0xD800 <= ord(ch) <= 0xDFFF:
+            out.append("\ufffd")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
 def go_json(value: Any, *, sort_keys: bool = False, newline: bool = True) -> bytes:
     """Encode like Go's ``json.NewEncoder(w).Encode``: compact, HTML-escaped, newline-terminated.
 
@@ -137,13 +169,14 @@ def go_json(value: Any, *, sort_keys: bool = False, newline: bool = True) -> byt
     return "".join(out).encode("utf-8")
 
 
-def go_quote(text: str) -> str:
-    """Go's ``%q`` / ``strconv.Quote``: double quotes, backslash escapes, printable Unicode kept."""
-    out = ['"']
+def go_quote(text: str, quote: str = '"') -> str:
+    """Go's ``%q`` / ``strconv.Quote`` (``quote="'"``: ``QuoteRune``-style): backslash escapes,
+    printable Unicode kept."""
+    out = [quote]
     for ch in text:
         code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
+        if ch == quote:
+            out.append("\\" + ch)
         elif ch == "\\":
             out.append("\\\\")
         elif ch == "\a":
@@ -168,7 +201,7 @@ def go_quote(text: str) -> str:
             out.append(f"\\u{code:04x}")
         else:
             out.append(f"\\U{code:08x}")
-    out.append('"')
+    out.append(quote)
     return "".join(out)
 
 
