@@ -75,19 +75,29 @@ MAX_TOP_LOGPROBS = 20
 # Loose types (``Any``) where OpenAI allows several JSON shapes; those fields are checked by hand
 # below so the 400 says what is wrong rather than where cattrs gave up.
 @attrs.define
-class ChatCompletionRequest:
+class _GenerationFields:
+    """What chat and legacy completions share (OpenAI's two request types repeat them)."""
+
     model: str = ""
-    messages: Any = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     max_tokens: int | None = None
-    max_completion_tokens: int | None = None
     seed: int | None = None
     stop: Any = None
     temperature: float | None = None
     top_p: float | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
+    n: int | None = None
+    # Ollama's own knobs, which its /v1 layer has no way to pass (ollama#2722).
+    options: dict[str, Any] | None = None
+    keep_alive: Any = None
+
+
+@attrs.define
+class ChatCompletionRequest(_GenerationFields):
+    messages: Any = None
+    max_completion_tokens: int | None = None
     response_format: Any = None
     tools: Any = None
     tool_choice: Any = None
@@ -96,32 +106,15 @@ class ChatCompletionRequest:
     reasoning_effort: str | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    n: int | None = None
-    # Ollama's own knobs, which its /v1 layer has no way to pass (ollama#2722).
-    options: dict[str, Any] | None = None
-    keep_alive: Any = None
 
 
 @attrs.define
-class CompletionRequest:
-    model: str = ""
+class CompletionRequest(_GenerationFields):
     prompt: Any = None
     suffix: str | None = None
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    max_tokens: int | None = None
-    seed: int | None = None
-    stop: Any = None
-    temperature: float | None = None
-    top_p: float | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
     logprobs: int | None = None
     echo: bool = False
-    n: int | None = None
     best_of: int | None = None
-    options: dict[str, Any] | None = None
-    keep_alive: Any = None
 
 
 @attrs.define
