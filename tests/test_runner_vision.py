@@ -152,3 +152,16 @@ def test_jobs_carry_images_through_the_process_edge():
     job = GenerateJob(prompt="[img-0]", images=[RED])
     assert converter.structure(converter.unstructure(job), GenerateJob) == job
     assert "<1 images>" in repr(job)  # logs show how many, not megabytes of bytes
+
+
+async def test_a_request_too_large_for_a_frame_fails_alone(projector, monkeypatch):
+    from trillama.actors.runner import protocol
+
+    async with Runner.open(vision_spec(projector, n_parallel=1)) as runner:
+        monkeypatch.setattr(protocol, "MAX_FRAME", 1 << 20)  # the server side's limit, made small
+        _, _, failed = await run(runner, "huge", greedy(QUESTION, images=(b"\x00" * (2 << 20),), num_predict=4))
+        assert isinstance(failed, Failed) and failed.kind == "bad_request"
+        assert "too large for the model runner" in failed.message
+        # nothing reached the runner: it is still there and serving
+        _, _, ok = await run(runner, "small", greedy(QUESTION, images=(RED,), num_predict=4))
+        assert isinstance(ok, Done) and not runner.died.is_set()

@@ -353,8 +353,15 @@ class Runner:
 
     # ------------------------------------------------------------------ frames out
     def _post(self, message: list) -> None:
+        frame = P.encode_frame(message)
+        if len(frame) - P.HEADER.size > P.MAX_FRAME:
+            # The runner would take an oversized frame for a broken peer and exit, failing every
+            # job in flight: refuse this one request instead.
+            raise RunnerRequestError(
+                f"the request is too large for the model runner ({len(frame) >> 20} MiB, at most "
+                f"{P.MAX_FRAME >> 20} MiB)", "bad_request")
         try:
-            self._out_send.send_nowait(P.encode_frame(message))
+            self._out_send.send_nowait(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
@@ -364,8 +371,8 @@ class Runner:
         req_id = next(self._req_ids)
         pending = _Pending()
         self._requests[req_id] = pending
-        self._post([op, req_id, *args])
         try:
+            self._post([op, req_id, *args])
             await pending.event.wait()
         finally:
             self._requests.pop(req_id, None)
@@ -385,9 +392,13 @@ class Runner:
             return
         if job_id in self._jobs:
             raise ValueError(f"job id already running: {job_id}")
+        try:
+            self._post([P.OP_GENERATE, job_id, converter.unstructure(job)])
+        except RunnerRequestError as exc:
+            yield Failed(exc.message, exc.kind)
+            return
         send, receive = trio.open_memory_channel(math.inf)
         self._jobs[job_id] = send
-        self._post([P.OP_GENERATE, job_id, converter.unstructure(job)])
         finished = False
         try:
             async for event in receive:
