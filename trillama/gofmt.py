@@ -169,6 +169,10 @@ def go_json(value: Any, *, sort_keys: bool = False, newline: bool = True) -> byt
     return "".join(out).encode("utf-8")
 
 
+_QUOTE_ESCAPES = {"\\": "\\\\", "\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+                  "\v": "\\v"}
+
+
 def go_quote(text: str, quote: str = '"') -> str:
     """Go's ``%q`` / ``strconv.Quote`` (``quote="'"``: ``QuoteRune``-style): backslash escapes,
     printable Unicode kept."""
@@ -177,22 +181,8 @@ def go_quote(text: str, quote: str = '"') -> str:
         code = ord(ch)
         if ch == quote:
             out.append("\\" + ch)
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\a":
-            out.append("\\a")
-        elif ch == "\b":
-            out.append("\\b")
-        elif ch == "\f":
-            out.append("\\f")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\v":
-            out.append("\\v")
+        elif ch in _QUOTE_ESCAPES:
+            out.append(_QUOTE_ESCAPES[ch])
         elif ch.isprintable() or ch == " ":
             out.append(ch)
         elif code < 0x80:
