@@ -29,7 +29,14 @@ from trillama.api.completion import (
 from trillama.api.context import services
 from trillama.api.decode import read_request
 from trillama.api.errors import APIError
-from trillama.api.prompting import ChatPrompt, build_chat_prompt, build_generate_prompt, check_think, decode_images
+from trillama.api.prompting import (
+    ChatPrompt,
+    build_chat_prompt,
+    build_generate_prompt,
+    check_think,
+    decode_images,
+    require_vision,
+)
 from trillama.api.streaming import json_response, stream_or_collect
 
 __all__ = ["blueprint"]
@@ -92,9 +99,9 @@ class EmbeddingsRequest:
 
 # ----------------------------------------------------------------------------- shared pieces
 def _check_images(images: list[str] | None, record: Any) -> list[bytes]:
+    """The request's images as bytes (decoded once, here), or Ollama's 400."""
     decoded = decode_images(images)
-    if decoded and "vision" not in (record.capabilities or []):
-        raise APIError(400, f'"{record.name.display}" does not support images (the model has no vision projector)')
+    require_vision(record, bool(decoded))
     return decoded
 
 
@@ -228,7 +235,8 @@ async def chat() -> Response:
     for message in req.messages:
         if not isinstance(message, dict):
             raise APIError(400, "json: cannot unmarshal into Go struct field ChatRequest.messages of type api.Message")
-        _check_images(message.get("images"), record)
+        if message.get("images"):
+            message["images"] = _check_images(message["images"], record)
     grammar = _grammar(req.format)
 
     async def chunks() -> AsyncIterator[dict]:

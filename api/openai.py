@@ -46,7 +46,7 @@ from trillama.api.context import services
 from trillama.api.decode import read_request
 from trillama.api.errors import APIError, openai_error_body
 from trillama.api.inference import embed_inputs
-from trillama.api.prompting import build_chat_prompt, build_generate_prompt, check_think, prompt_format
+from trillama.api.prompting import build_chat_prompt, build_generate_prompt, check_think, prompt_format, require_vision
 from trillama.api.streaming import json_response, sse_response
 from trillama.logs import get_logger
 
@@ -233,8 +233,8 @@ async def _sse(chunks: AsyncIterator[dict]) -> Response:
 _IMAGE_DATA_URI = re.compile(r"^data:(?:image/(?:jpeg|jpg|png|webp))?;base64,(.*)$", re.DOTALL)
 
 
-def _image_from_url(part: Mapping[str, Any]) -> str:
-    """A ``data:`` URI's base64 payload; remote URLs are refused as Ollama refuses them."""
+def _image_from_url(part: Mapping[str, Any]) -> bytes:
+    """A ``data:`` URI's image bytes; remote URLs are refused as Ollama refuses them."""
     ref = part.get("image_url")
     url = ref.get("url") if isinstance(ref, Mapping) else ref
     if not isinstance(url, str):
@@ -244,15 +244,13 @@ def _image_from_url(part: Mapping[str, Any]) -> str:
     match = _IMAGE_DATA_URI.match(url)
     if match is None:
         raise APIError(400, "invalid image input")
-    payload = match.group(1)
     try:
-        base64.b64decode(payload, validate=True)
+        return base64.b64decode(match.group(1), validate=True)
     except (binascii.Error, ValueError):
         raise APIError(400, "invalid image input") from None
-    return payload
 
 
-def _content(role: str, content: Any, has_tool_calls: bool) -> tuple[str, list[str]]:
+def _content(role: str, content: Any, has_tool_calls: bool) -> tuple[str, list[bytes]]:
     """Text and images of one message's ``content`` (a string or an array of parts).
 
     Text parts are joined with a blank line, which is what Ollama's template data gets when it
@@ -268,7 +266,7 @@ def _content(role: str, content: Any, has_tool_calls: bool) -> tuple[str, list[s
     if not isinstance(content, list):
         raise APIError(400, f"invalid message content type: {_json_type(content)}")
     texts: list[str] = []
-    images: list[str] = []
+    images: list[bytes] = []
     for part in content:
         kind = part.get("type") if isinstance(part, Mapping) else None
         if kind == "text" and isinstance(part.get("text"), str):
@@ -350,11 +348,6 @@ def native_messages(raw: Any) -> list[dict[str, Any]]:
             native["thinking"] = message["reasoning"]
         out.append(native)
     return out
-
-
-def _check_images(messages: list[dict[str, Any]], record: Any) -> None:
-    if any(m.get("images") for m in messages) and "vision" not in (record.capabilities or []):
-        raise APIError(400, f'"{record.name.display}" does not support images (the model has no vision projector)')
 
 
 # ----------------------------------------------------------------------------- chat: tools, format, think
@@ -600,7 +593,7 @@ def plan_chat(req: ChatCompletionRequest) -> _ChatPlan:
     if "completion" not in caps:
         raise APIError(400, f'"{req.model}" does not support chat')
     messages = native_messages(req.messages)
-    _check_images(messages, record)
+    require_vision(record, any(m.get("images") for m in messages))
     tools = _check_tools(req.tools)
     choice = parse_tool_choice(req.tool_choice, tools)
     if choice.mode == "none":

@@ -21,7 +21,7 @@ from trillama.actors.prompt.toolcalls import ToolCallParser
 from trillama.api.errors import APIError
 
 __all__ = ["prompt_format", "build_generate_prompt", "build_chat_prompt", "ChatPrompt", "check_think",
-           "parse_messages", "decode_images"]
+           "parse_messages", "decode_images", "require_vision"]
 
 _THINK_LEVELS = ("high", "medium", "low", "max")
 
@@ -76,6 +76,12 @@ def decode_images(images: Sequence[Any] | None) -> list[bytes]:
         except (binascii.Error, ValueError, TypeError) as exc:
             raise APIError(400, f"illegal base64 data: {exc}") from None
     return decoded
+
+
+def require_vision(record: Any, has_images: bool) -> None:
+    """400 when images are sent to a model without a vision projector."""
+    if has_images and "vision" not in (record.capabilities or []):
+        raise APIError(400, f'"{record.name.display}" does not support images (the model has no vision projector)')
 
 
 def _tag_raw(prompt: str, images: int) -> str:

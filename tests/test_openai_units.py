@@ -48,8 +48,8 @@ def test_messages_text_parts_images_and_developer() -> None:
     ])
     assert out == [
         {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "a\n\nb", "images": [PNG_B64]},
-        {"role": "user", "content": "", "images": [PNG_B64]},
+        {"role": "user", "content": "a\n\nb", "images": [base64.b64decode(PNG_B64)]},
+        {"role": "user", "content": "", "images": [base64.b64decode(PNG_B64)]},
     ]
 
 

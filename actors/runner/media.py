@@ -89,7 +89,6 @@ class Vision:
 
     def __init__(self, ptr: int, model: Model, path: Path) -> None:
         self.ptr = ptr
-        self.model = model
         self.path = path
         self.marker = f"<__media_{secrets.token_hex(8)}__>"
         self.n_embd = int(L.llama_model_n_embd_inp(model.ptr))
