@@ -183,6 +183,18 @@ class ModelStore:
     def write_manifest(self, name: ModelName, manifest: Manifest) -> None:
         write_atomic(self.manifest_path(name), manifest.to_bytes())
 
+    def write_manifest_bytes(self, name: ModelName, data: bytes) -> None:
+        """Store a manifest exactly as a registry sent it (its digest is that of these bytes).
+
+        Refused (:class:`CorruptManifest`) unless it parses and every blob it lists is here.
+        """
+        manifest = Manifest.from_bytes(data)
+        with self.lock:
+            missing = sorted(d for d in manifest.digests if not self.has_blob(d))
+            if missing:
+                raise CorruptManifest(f"manifest lists missing blobs: {', '.join(missing)}")
+            write_atomic(self.manifest_path(name), data)
+
     def iter_manifest_names(self) -> Iterator[ModelName]:
         """Every valid name with a manifest file, found the way Ollama finds them (4 levels)."""
         if not self.manifests_dir.is_dir():
