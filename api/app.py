@@ -1,7 +1,7 @@
 """The Quart application: routing, error shapes, CORS and request logging.
 
-Handlers live in blueprints by audience: ``manage`` (the model store), ``inference`` (generate,
-chat, embed, ps) and ``openai`` (``/v1``). This module only wires them up.
+Handlers live in blueprints by audience: ``manage`` (the model store), ``registry`` (pull, push),
+``inference`` (generate, chat, embed, ps) and ``openai`` (``/v1``). This module only wires them up.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trillama import __version__
-from trillama.api import inference, manage, metrics, openai
+from trillama.api import inference, manage, metrics, openai, registry
 from trillama.api.metrics import Metrics
 from trillama.api.context import Services
 from trillama.api.cors import CorsPolicy
@@ -103,6 +103,7 @@ def create_app(services: Services) -> QuartTrio:
         return json_response({"version": __version__})
 
     app.register_blueprint(manage.blueprint)
+    app.register_blueprint(registry.blueprint)
     app.register_blueprint(inference.blueprint)
     app.register_blueprint(openai.blueprint)
     app.register_blueprint(metrics.blueprint)

@@ -1,4 +1,4 @@
-"""What route handlers reach for: the settings, the model store and the scheduler."""
+"""What route handlers reach for: the settings, the model store, the scheduler, the registry."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from quart import current_app
 if TYPE_CHECKING:
     from trillama.actors.scheduler import Scheduler
     from trillama.config import Settings
+    from trillama.registry import Registry
     from trillama.store import ModelStore
 
 __all__ = ["Services", "services"]
@@ -20,6 +21,7 @@ class Services:
     settings: "Settings"
     store: "ModelStore"
     scheduler: "Scheduler | None" = None
+    registry: "Registry | None" = None
 
 
 def services() -> Services:

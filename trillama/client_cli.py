@@ -1,4 +1,5 @@
-"""Ollama-style client commands: ``list``, ``ps``, ``show``, ``run``, ``create``, ``cp``, ``rm``, ``stop``.
+"""Ollama-style client commands: ``list``, ``ps``, ``show``, ``run``, ``create``, ``pull``, ``push``,
+``cp``, ``rm``, ``stop``.
 
 They speak the HTTP API to ``OLLAMA_HOST`` (as the ``ollama`` CLI does), so they are thin: parse
 arguments, make a request, print the answer the way ``ollama`` prints it.
@@ -238,6 +239,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         body["format"] = args.format
     with _client() as client:
         shown = client.post("/api/show", json={"model": args.model})
+        if shown.status_code == 404:  # as ``ollama run``: fetch what is missing, then run it
+            show_progress(_stream(client, "POST", "/api/pull", {"model": args.model,
+                                                                "insecure": args.insecure}))
+            shown = client.post("/api/show", json={"model": args.model})
         vision = shown.status_code == 200 and "vision" in (shown.json().get("capabilities") or [])
         if prompt:
             prompt, images = _with_images(prompt, vision)
@@ -287,8 +292,56 @@ def _run_once(client: httpx.Client, body: dict, prompt: str, verbose: bool) -> i
     return 0
 
 
-def cmd_unsupported(args: argparse.Namespace) -> int:
-    raise CLIError(f"'{args.command}' needs a model registry, which this build of trillama does not reach yet")
+def show_progress(items: Iterator[dict], out: Any = None) -> None:
+    """Print pull/push progress as ``ollama`` does: one bar per layer, then each status line.
+
+    On a terminal a layer's bar fills in place; elsewhere (a log, a pipe) only its finished line
+    is printed. Updates with nothing completed yet are skipped, as ``ollama`` skips them.
+    """
+    out = out or sys.stdout
+    tty = out.isatty()
+    open_bar = False
+    for item in items:
+        status = item.get("status", "")
+        total, completed = item.get("total", 0), item.get("completed", 0)
+        if item.get("digest") and total:
+            if not completed:
+                continue
+            percent = completed * 100 // total
+            bar = "█" * (percent // 5) + " " * (20 - percent // 5)
+            line = f"{status}: {percent:3d}% ▕{bar}▏ {human_bytes(completed)}/{human_bytes(total)}"
+            if tty:
+                print("\r" + line, end="", file=out, flush=True)
+                open_bar = completed < total
+                if not open_bar:
+                    print(file=out)
+            elif completed >= total:
+                print(line, file=out)
+            continue
+        if open_bar:
+            print(file=out)
+            open_bar = False
+        print(status, file=out, flush=True)
+
+
+def _transfer(path: str, model: str, insecure: bool) -> int:
+    with _client() as client:
+        show_progress(_stream(client, "POST", path, {"model": model, "insecure": insecure}))
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    return _transfer("/api/pull", args.model, args.insecure)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    try:
+        return _transfer("/api/push", args.model, args.insecure)
+    except CLIError as exc:
+        if "access denied" in str(exc) or "unauthorized" in str(exc):
+            raise CLIError("you are not authorized to push to this namespace, create the model under a "
+                           "namespace you own") from None
+        raise
 
 
 def _wrap(func):
@@ -322,6 +375,7 @@ def register(sub: Any) -> None:
     p.add_argument("--keepalive")
     p.add_argument("--format")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--insecure", action="store_true", help="Pull from an insecure registry if missing")
     p.set_defaults(func=_wrap(cmd_run))
     p = sub.add_parser("create", help="Create a model from a Modelfile")
     p.add_argument("model")
@@ -337,7 +391,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("stop", help="Stop a running model")
     p.add_argument("model")
     p.set_defaults(func=_wrap(cmd_stop))
-    for name in ("pull", "push"):
-        p = sub.add_parser(name, help=f"{name.capitalize()} a model from a registry")
-        p.add_argument("model")
-        p.set_defaults(func=_wrap(cmd_unsupported))
+    p = sub.add_parser("pull", help="Pull a model from a registry")
+    p.add_argument("model")
+    p.add_argument("--insecure", action="store_true", help="Use an insecure registry (plain http)")
+    p.set_defaults(func=_wrap(cmd_pull))
+    p = sub.add_parser("push", help="Push a model to a registry")
+    p.add_argument("model")
+    p.add_argument("--insecure", action="store_true", help="Use an insecure registry (plain http)")
+    p.set_defaults(func=_wrap(cmd_push))

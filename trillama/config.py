@@ -170,6 +170,8 @@ class Settings:
     bundled_model: bool = True
     #: trillama: ``console`` (human) or ``json`` log lines.
     log_format: str = "console"
+    #: The ed25519 key that signs registry token requests (Ollama's, so a registered key works).
+    keypair: Path = attrs.field(factory=lambda: Path.home() / ".ollama" / "id_ed25519")
 
     @property
     def allowed_origins(self) -> tuple[str, ...]:
@@ -232,6 +234,7 @@ class Settings:
         """Flat key/values for the one startup log event."""
         fields = attrs.asdict(self)
         fields["models_dir"] = str(self.models_dir)
+        fields["keypair"] = str(self.keypair)
         fields["origins"] = list(self.allowed_origins)
         fields["keep_alive"] = "forever" if self.keep_alive == FOREVER else self.keep_alive
         return fields

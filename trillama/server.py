@@ -1,8 +1,10 @@
-"""``trillama serve``: the store, the scheduler actor and the HTTP server in one Trio nursery.
+"""``trillama serve``: the store, the scheduler actor, the registry service and the HTTP server in
+one Trio nursery.
 
 Structured concurrency gives shutdown for free: SIGINT/SIGTERM stops hypercorn from accepting,
 lets in-flight responses end (or cancels them after a grace period), then the scheduler stops every
-runner process before the nursery closes. Nothing outlives ``serve()``.
+runner process before the nursery closes; downloads still running are cancelled and keep their
+partial files for the next pull. Nothing outlives ``serve()``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from trillama.api.app import create_app
 from trillama.api.context import Services
 from trillama.config import Settings
 from trillama.logs import configure_logging, get_logger
+from trillama.registry import Registry
 from trillama.store import ModelStore
 
 __all__ = ["serve", "prepare_store"]
@@ -69,7 +72,9 @@ async def serve(settings: Settings) -> None:
         await nursery.start(watch_signals)
         scheduler = Scheduler(settings, store)
         await nursery.start(scheduler.run)
-        app = create_app(Services(settings=settings, store=store, scheduler=scheduler))
+        registry = Registry(store, settings.keypair, noprune=settings.noprune)
+        await nursery.start(registry.run)
+        app = create_app(Services(settings=settings, store=store, scheduler=scheduler, registry=registry))
         log.info("listening", host=settings.host, port=settings.port)
         await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait)
         log.info("http_stopped")
