@@ -246,3 +246,34 @@ async def test_push_without_a_token_for_the_namespace_is_unauthorized(fake, stor
     with pytest.raises(RegistryError, match="unauthorized: access denied"):
         await collect(service.push(name(fake, "me/tiny"), insecure=True))
     assert os.path.exists(store.manifest_path(name(fake, "me/tiny")))
+
+
+def test_a_challenge_becomes_the_token_url_ollama_builds():
+    from trillama.registry.auth import Challenge
+
+    challenge = Challenge.parse('Bearer realm="https://r.example/token",service="r.example",'
+                                'scope="repository:me/m:pull repository:me/n:pull"')
+    assert challenge == Challenge("https://r.example/token", "r.example",
+                                  "repository:me/m:pull repository:me/n:pull")
+    assert challenge.token_url(now=1700000000, nonce="abc") == (
+        "https://r.example/token?nonce=abc&scope=repository%3Ame%2Fm%3Apull"
+        "&scope=repository%3Ame%2Fn%3Apull&service=r.example&ts=1700000000")
+    assert Challenge.parse('Basic realm="x"') is None
+    assert Challenge.parse("Bearer service=x") is None
+
+
+def test_the_key_signs_what_the_registry_verifies(tmp_path):
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    from trillama.registry.auth import Keypair, signed_request_text
+
+    key = Keypair(tmp_path / "id_ed25519")
+    header = key.authorization(signed_request_text("https://r.example/token?nonce=1"))
+    public, signature = header.split(":")
+    assert (tmp_path / "id_ed25519.pub").read_text().split()[1] == public
+    verifier = load_ssh_public_key(f"ssh-ed25519 {public}".encode())
+    verifier.verify(base64.b64decode(signature), signed_request_text("https://r.example/token?nonce=1"))
+    # the same file is read back, not replaced
+    assert Keypair(tmp_path / "id_ed25519").public_key == public
