@@ -80,7 +80,10 @@ class RegistryClient:
                 all_headers["Authorization"] = f"Bearer {self.token}"
             body = content() if callable(content) else content
             request = self.http.build_request(method, url, headers=all_headers, content=body)
-            response = await self.http.send(request, stream=True)
+            try:
+                response = await self.http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                raise RegistryError(f"{method} {request.url}: {str(exc) or type(exc).__name__}") from None
             if response.status_code == 401 and attempt == 1 and self.is_registry(url):
                 challenge = Challenge.parse(response.headers.get("www-authenticate", ""))
                 await response.aclose()

@@ -106,10 +106,15 @@ class Registry:
         previous = await trio.to_thread.run_sync(store.read_manifest_or_none, target)
         for layer in (*manifest.layers, manifest.config):
             status = f"pulling {short_digest(layer.digest)}"
-            if await trio.to_thread.run_sync(store.has_blob, layer.digest):
+            download = self._downloads.get(layer.digest)
+            if download is not None and download.cancel_scope.cancel_called:
+                # its last follower just left: let it save its parts, then resume them afresh
+                await download.done.wait()
+                download = None
+            if download is None and await trio.to_thread.run_sync(store.has_blob, layer.digest):
                 yield Progress(status, layer.digest, layer.size, layer.size)
                 continue
-            download = self._downloads.get(layer.digest)
+            download = download or self._downloads.get(layer.digest)  # started while we looked?
             if download is None:
                 download = BlobDownload(store, client, layer.digest, layer.size, self.policy)
                 self._start(download)

@@ -277,3 +277,8 @@ def test_the_key_signs_what_the_registry_verifies(tmp_path):
     verifier.verify(base64.b64decode(signature), signed_request_text("https://r.example/token?nonce=1"))
     # the same file is read back, not replaced
     assert Keypair(tmp_path / "id_ed25519").public_key == public
+
+
+async def test_an_unreachable_registry_is_a_clear_error(store, service):
+    with pytest.raises(RegistryError, match=r"^pull model manifest: GET http://127\.0\.0\.1:9/v2/library/x/manifests/latest: "):
+        await collect(service.pull(ModelName.parse("127.0.0.1:9/library/x"), insecure=True))
