@@ -43,9 +43,7 @@ async def _lines(progress: AsyncIterator[Progress]) -> AsyncIterator[dict]:
     try:
         async for line in progress:
             yield line.to_json()
-    except (RegistryError, StoreError) as exc:
-        raise APIError(500, str(exc)) from None
-    except OSError as exc:  # disk full, permissions
+    except (RegistryError, StoreError, OSError) as exc:  # OSError: disk full, permissions
         raise APIError(500, str(exc)) from None
     finally:
         await progress.aclose()  # type: ignore[attr-defined]

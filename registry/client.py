@@ -92,7 +92,7 @@ class RegistryClient:
                 self.token = await self._fetch_token(challenge, str(url))
                 continue
             if response.status_code >= 400:
-                body = await _read_some(response)
+                body = (await _read_upto(response, _ERROR_BODY_LIMIT)).decode("utf-8", "replace").strip()
                 if response.status_code == 401:
                     raise Unauthorized()
                 if response.status_code == 404:
@@ -129,15 +129,10 @@ class RegistryClient:
     async def get_manifest(self, limit: int) -> bytes:
         response = await self.send("GET", self.manifest_url, headers={"Accept": MANIFEST_MEDIA_TYPE},
                                    stream=True)
-        try:
-            data = bytearray()
-            async for chunk in response.aiter_bytes():
-                data += chunk
-                if len(data) > limit:
-                    raise RegistryError(f"manifest larger than {limit} bytes")
-            return bytes(data)
-        finally:
-            await response.aclose()
+        data = await _read_upto(response, limit + 1)
+        if len(data) > limit:
+            raise RegistryError(f"manifest larger than {limit} bytes")
+        return data
 
     async def blob_size(self, digest: str) -> int:
         response = await self.send("HEAD", self.blob_url(digest))
@@ -167,14 +162,14 @@ class RegistryClient:
         return response.url
 
 
-async def _read_some(response: httpx.Response) -> str:
-    """The start of an error body (a registry's HTML error page can be large)."""
+async def _read_upto(response: httpx.Response, limit: int) -> bytes:
+    """At most ``limit`` bytes of a streamed body, then close it (a body may be huge or hostile)."""
     data = bytearray()
     try:
         async for chunk in response.aiter_bytes():
             data += chunk
-            if len(data) >= _ERROR_BODY_LIMIT:
+            if len(data) >= limit:
                 break
     finally:
         await response.aclose()
-    return data[:_ERROR_BODY_LIMIT].decode("utf-8", "replace").strip()
+    return bytes(data[:limit])

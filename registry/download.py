@@ -165,6 +165,8 @@ class BlobDownload(Transfer):
         return True
 
     def _save_state(self) -> None:
+        """Replace the state file, without the fsync of ``write_atomic``: it is written every
+        second while bytes flow, and a state lost to a power cut only costs a re-download."""
         if not self.parts:
             return
         data = json.dumps({"digest": self.digest, "total": self.total,

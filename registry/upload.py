@@ -66,15 +66,21 @@ class BlobUpload(Transfer):
         log.info("blob_pushed", digest=digest, size=size, parts=len(md5s))
 
     async def _upload_part(self, url: httpx.URL, start: int, length: int) -> tuple[httpx.URL, bytes]:
-        path = self.path
-        md5 = await trio.to_thread.run_sync(_md5_of, path, start, length)
+        """One part; returns the next request's URL and the part's MD5 (for the final etag).
+
+        The MD5 is taken from the bytes as they are sent, so a part is read from disk once per
+        attempt, not once more just to hash it.
+        """
         failures = 0
         while True:
             base = self.sent
+            part_md5 = hashlib.md5()
 
             def body() -> AsyncIterator[bytes]:
-                self.sent = base  # a body sent again counts from the part's start again
-                return _file_chunks(path, start, length, self._count)
+                nonlocal part_md5
+                self.sent = base  # a body sent again counts and hashes from the part's start again
+                part_md5 = hashlib.md5()
+                return _file_chunks(self.path, start, length, self._count, part_md5)
 
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length),
                        "Content-Range": f"{start}-{start + length - 1}", "X-Redirect-Uploads": "1"}
@@ -85,7 +91,7 @@ class BlobUpload(Transfer):
                     storage = url.join(response.headers["location"])
                     await self.client.send("PUT", storage, headers={"Content-Length": str(length)},
                                            content=body)
-                return next_url, md5
+                return next_url, part_md5.digest()
             except (NotFound, Unauthorized):
                 raise
             except (httpx.TransportError, RegistryError) as exc:
@@ -104,8 +110,9 @@ def _next_url(response: httpx.Response, current: httpx.URL) -> httpx.URL:
     return current.join(location)
 
 
-async def _file_chunks(path: Path, start: int, size: int, sent: Callable[[int], None]) -> AsyncIterator[bytes]:
-    """``size`` bytes of ``path`` from ``start``, read in worker threads, counted as they go."""
+async def _file_chunks(path: Path, start: int, size: int, sent: Callable[[int], None],
+                       md5: "hashlib._Hash") -> AsyncIterator[bytes]:
+    """``size`` bytes of ``path`` from ``start``, read in worker threads, counted and hashed."""
     with open(path, "rb") as handle:
         handle.seek(start)
         left = size
@@ -114,19 +121,6 @@ async def _file_chunks(path: Path, start: int, size: int, sent: Callable[[int], 
             if not chunk:
                 raise RegistryError(f"{path.name} shrank while it was being pushed")
             left -= len(chunk)
+            md5.update(chunk)
             sent(len(chunk))
             yield chunk
-
-
-def _md5_of(path: Path, start: int, length: int) -> bytes:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        left = length
-        while left > 0:
-            chunk = handle.read(min(_READ, left))
-            if not chunk:
-                break
-            digest.update(chunk)
-            left -= len(chunk)
-    return digest.digest()

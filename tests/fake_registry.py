@@ -34,6 +34,7 @@ class FakeRegistry:
         self.blobs: dict[str, bytes] = {}
         self.manifests: dict[tuple[str, str], bytes] = {}
         self.uploads: dict[str, bytearray] = {}
+        self.part_md5s: dict[str, list[bytes]] = {}  # upload -> MD5 of each PATCH, for the etag
         self.redirect_blobs = redirect_blobs
         self.require_auth = require_auth
         self.allowed_keys = allowed_keys  # None: any correctly signed key gets a token
@@ -237,17 +238,22 @@ def _handler(registry: FakeRegistry) -> type[BaseHTTPRequestHandler]:
             if match and int(match[1]) != len(buffer):
                 return self._reply(416)
             buffer += data
+            registry.part_md5s.setdefault(upload, []).append(hashlib.md5(data).digest())
             self._reply(202, headers={"Location": f"/v2/{repo}/blobs/uploads/{upload}?_state=n{len(buffer)}",
                                       "Range": f"0-{len(buffer) - 1}"})
 
         def _finish_upload(self, repo: str, upload: str) -> None:
             self._body()
-            digest = parse_qs(urlsplit(self.path).query).get("digest", [""])[0]
+            query = parse_qs(urlsplit(self.path).query)
+            digest = query.get("digest", [""])[0]
             buffer = registry.uploads.pop(upload, None)
             if buffer is None:
                 return self._reply(404)
             if "sha256:" + hashlib.sha256(buffer).hexdigest() != digest:
                 return self._reply(400, b'{"errors":[{"code":"DIGEST_INVALID"}]}')
+            md5s = registry.part_md5s.pop(upload, [])
+            if "etag" in query and query["etag"][0] != f"{hashlib.md5(b''.join(md5s)).hexdigest()}-{len(md5s)}":
+                return self._reply(400, b'{"errors":[{"code":"ETAG_INVALID"}]}')
             registry.blobs[digest] = bytes(buffer)
             self._reply(201, headers={"Location": f"/v2/{repo}/blobs/{digest}"})
 
