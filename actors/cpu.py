@@ -1,41 +1,247 @@
-"""How many decode threads each runner gets when several models are busy at once.
+"""How many decode threads each runner gets: the CPU that is really there, shared among busy runners.
 
 llama.cpp's CPU backend (built with OpenMP here) makes every decode thread spin at each barrier
-of a graph. One runner with all the cores is the fastest single stream; two runners that each
-ask for all the cores fight over them, and every barrier waits for a thread the OS has
-descheduled. Measured on a 2-core machine with SmolLM2: two runners decoding at once with 2
-threads each made 7 tokens/s together; with 1 thread each, 166 (docs/runner.md).
+of a graph. A barrier waits for the slowest thread, so a decode is only as fast as the thread
+the OS runs least. Three ways that thread ends up descheduled, and what this module does:
 
-So the scheduler shares the machine's decode threads among the runners that are *busy*
-(running a job): alone, a runner gets what it was loaded with; with company, the budget is split
-evenly. Idle runners decode nothing, so they hold no share; they get theirs when work arrives.
+- **Another runner** of ours asks for the same cores: two runners that each use all the cores
+  made 7 tokens/s together on a 2-core machine, 166 with one thread each (docs/runner.md). The
+  scheduler splits the budget among the runners that are *busy* (:func:`share_threads`).
+- **A container's CPU limit**: ``os.cpu_count()`` reports the host's cores, but a pod limited
+  to one core by a CFS quota is throttled each period once its threads have used the quota.
+  :func:`available_cpus` reads CPU affinity and the cgroup quota (v2 ``cpu.max``, v1
+  ``cpu.cfs_quota_us``), and the default thread count never exceeds it.
+- **A busy neighbour** (a browser, a build, another tenant): one foreign process on one of two
+  cores cut a 2-thread decode to a third of its speed, while one thread kept 80 % of it
+  (docs/benchmarks.md). :class:`ForeignLoad` measures how much CPU processes outside this
+  server's tree use, and :func:`decode_budget` turns that into the threads worth running.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import time
 from collections.abc import Collection, Hashable, Mapping
+from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["share_threads"]
+import attrs
+
+__all__ = [
+    "share_threads",
+    "available_cpus",
+    "default_threads",
+    "cgroup_cpu_limit",
+    "ForeignLoad",
+    "decode_budget",
+]
 
 K = TypeVar("K", bound=Hashable)
 
 
-def share_threads(configured: Mapping[K, int], busy: Collection[K], budget: int) -> dict[K, int]:
+def share_threads(
+    configured: Mapping[K, int], busy: Collection[K], budget: int, pinned: Collection[K] = ()
+) -> dict[K, int]:
     """Thread count for every runner in ``configured`` (its threads when loaded).
 
     ``busy`` are the runners with work; ``budget`` is how many threads the machine runs well at
-    once (the cores). One busy runner, or none: everyone gets what it was configured with.
-    Several: each busy runner gets an even share of ``budget`` (the first ones take the
-    remainder), never more than it was configured with and never less than one. Idle runners
-    keep their configured count, so a runner that wakes alone needs no change.
+    once (the cores this process may use, less the cores busy neighbours take). One busy runner,
+    or none: each runner gets what it was configured with, capped at the budget, except the
+    ``pinned`` ones (a count a user asked for), which keep theirs. Several busy: each gets an even
+    share of ``budget`` (the first ones take the remainder), never more than it was configured
+    with and never less than one; our own runners fighting over cores is never what anyone asked
+    for. Idle runners keep their count, so a runner that wakes alone needs no change.
     """
-    shares = {key: max(1, threads) for key, threads in configured.items()}
+    cap = max(1, budget)
+    shares = {key: max(1, threads if key in pinned else min(threads, cap)) for key, threads in configured.items()}
     working = [key for key in configured if key in busy]
     if len(working) <= 1:
         return shares
-    base, extra = divmod(max(1, budget), len(working))
+    base, extra = divmod(cap, len(working))
     for index, key in enumerate(working):
         fair = base + (1 if index < extra else 0)
         shares[key] = max(1, min(shares[key], fair))
     return shares
+
+
+# ---------------------------------------------------------------------- what the process may use
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _cgroup_dirs(proc_cgroup: str, mount: Path) -> tuple[list[Path], list[Path]]:
+    """Directories (v2, v1-cpu) from this process's cgroup up to the root, innermost first."""
+    v2: list[Path] = []
+    v1: list[Path] = []
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, rel = parts
+        rel = rel.lstrip("/")
+        if controllers == "":
+            roots = [mount, mount / "unified"]
+            target = v2
+        elif "cpu" in controllers.split(","):
+            roots = [mount / controllers, mount / "cpu", mount / "cpu,cpuacct"]
+            target = v1
+        else:
+            continue
+        for root in roots:
+            if not root.is_dir():
+                continue
+            here = root / rel if rel else root
+            while True:
+                target.append(here)
+                if here == root:
+                    break
+                here = here.parent
+            break
+    return v2, v1
+
+
+def cgroup_cpu_limit(proc_cgroup: str | None = None, mount: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The tightest CPU quota on this process's cgroups, in cores; ``None`` when unlimited.
+
+    Why walk up the tree: a container runtime may put the quota on a parent cgroup and the
+    process in a child, and the kernel enforces every level's.
+    """
+    if proc_cgroup is None:
+        proc_cgroup = _read(Path("/proc/self/cgroup")) or ""
+    v2, v1 = _cgroup_dirs(proc_cgroup, mount)
+    limits: list[float] = []
+    for d in v2:
+        text = _read(d / "cpu.max")
+        if text:
+            quota, _, period = text.partition(" ")
+            if quota != "max":
+                try:
+                    limits.append(int(quota) / int(period or 100000))
+                except (ValueError, ZeroDivisionError):
+                    pass
+    for d in v1:
+        quota, period = _read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us")
+        try:
+            if quota is not None and period is not None and int(quota) > 0 and int(period) > 0:
+                limits.append(int(quota) / int(period))
+        except ValueError:
+            pass
+    return min(limits) if limits else None
+
+
+def _affinity() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def available_cpus() -> float:
+    """Cores this process can use: the CPUs it may run on, capped by its cgroup's quota."""
+    cpus = float(_affinity())
+    limit = cgroup_cpu_limit()
+    return min(cpus, limit) if limit is not None else cpus
+
+
+def default_threads() -> int:
+    """Decode threads when nobody pinned a count: physical cores, within what this process may use.
+
+    A fractional quota rounds down (1.5 cores → 1 thread): a second spinning thread would be
+    throttled every period, and the barrier would wait for it.
+    """
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except Exception:  # pragma: no cover - psutil is a dependency; this is belt and braces
+        physical = os.cpu_count() or 1
+    return max(1, min(physical, math.floor(available_cpus() + 1e-9)))
+
+
+# ---------------------------------------------------------------------- busy neighbours
+def _busy_seconds(cpus: Collection[int] | None) -> float:
+    import psutil
+
+    rows = psutil.cpu_times(percpu=True)
+    if cpus:
+        rows = [row for index, row in enumerate(rows) if index in cpus]
+    return sum(r.user + r.nice + r.system + getattr(r, "irq", 0.0) + getattr(r, "softirq", 0.0) for r in rows)
+
+
+def _tree_seconds(pid: int) -> float:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue  # a runner that exited between the listing and the reading
+    return total
+
+
+@attrs.define
+class ForeignLoad:
+    """Cores used by processes outside this server's tree, averaged between two samples.
+
+    Machine-wide busy time on the CPUs this process may run on, minus the CPU time of the server
+    and its runner processes. Cheap (one ``/proc/stat`` read and one per process of the tree), so
+    the scheduler samples it about once a second while a runner is busy.
+    """
+
+    pid: int = attrs.field(factory=os.getpid)
+    _last: tuple[float, float, float] | None = attrs.field(default=None, init=False)
+    _cpus: frozenset[int] | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            self._cpus = frozenset(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            self._cpus = None
+
+    def sample(self) -> float | None:
+        """Foreign cores since the previous sample (``None`` on the first one)."""
+        now = (time.monotonic(), _busy_seconds(self._cpus), _tree_seconds(self.pid))
+        last, self._last = self._last, now
+        if last is None or now[0] - last[0] <= 0:
+            return None
+        wall = now[0] - last[0]
+        foreign = ((now[1] - last[1]) - (now[2] - last[2])) / wall
+        return max(0.0, foreign)
+
+
+#: foreign load, in cores, at which a thread is given up; below the lower mark it is taken back.
+#: The gap is hysteresis: a neighbour hovering at one mark must not make the threads flap.
+GIVE_UP, TAKE_BACK = 0.5, 0.25
+
+
+def decode_budget(cores: int, foreign: float, current: int, cpus: int | None = None) -> int:
+    """Threads worth running on ``cores`` while neighbours keep ``foreign`` cores busy.
+
+    Each core a neighbour keeps busy is one thread fewer: a spinning thread that shares its core
+    with a neighbour stalls every barrier of every decode, while one thread fewer costs a
+    fraction of one core's work. ``cpus`` is how many CPUs the process may run on (default
+    ``cores``): neighbours fill the ones beyond ``cores`` first, so a pod with a 2-core quota on a
+    64-core host is not slowed by tenants that use 30 of them. ``current`` is the budget in force;
+    it is kept while the load sits between the two marks.
+    """
+    cores = max(1, cores)
+    foreign = max(0.0, foreign - max(0, (cpus or cores) - cores))
+
+    def leaving(mark: float) -> int:
+        return max(1, min(cores, cores - math.floor(foreign + 1 - mark)))
+
+    lower = leaving(GIVE_UP)
+    if lower < current:
+        return lower
+    return max(min(current, cores), leaving(TAKE_BACK))

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import attrs
 import trio
 
-from trillama.actors.cpu import share_threads
+from trillama.actors.cpu import ForeignLoad, available_cpus, decode_budget, share_threads
 from trillama.actors.memory import Device, Placement, discover_devices, estimate, place
 from trillama.actors.model import LoadFailed, LoadOptions, Lease, ModelActor, ModelGone, ServerBusy
 from trillama.config import Settings
@@ -40,6 +40,21 @@ log = get_logger("trillama.actors.scheduler")
 
 #: Loads that keep failing because the actor vanished under them (evicted, crashed) give up here.
 _MAX_ATTEMPTS = 5
+
+
+@attrs.frozen
+class CpuState:
+    """What the decode threads are fitted to (``/api/runners``, ``/metrics``)."""
+
+    cores: int  # threads when the machine is quiet: physical cores within affinity and quota
+    cpus: float  # CPUs this process may use (affinity, capped by the cgroup quota)
+    budget: int  # threads worth running now
+    foreign: float | None  # cores used outside this server's process tree, last sample
+    adaptive: bool  # False when TRILLAMA_NUM_THREADS pins the count
+
+
+#: seconds between two looks at the neighbours' CPU use
+CPU_SAMPLE_SECONDS = 1.0
 
 
 @attrs.frozen
@@ -67,14 +82,44 @@ class Scheduler:
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._closing = False
+        self._cores = settings.effective_num_threads
+        self._cpu = CpuState(cores=self._cores, cpus=available_cpus(), budget=self._cores, foreign=None,
+                             adaptive=settings.num_threads == 0)
+        #: actors whose thread count a request or Modelfile asked for: never lowered for neighbours
+        self._pinned: set[ModelActor] = set()
 
     # ------------------------------------------------------------------ lifetime
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The scheduler's own task: its nursery owns every model actor."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self._cpu.adaptive:
+                nursery.start_soon(self._watch_cpu)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _watch_cpu(self) -> None:
+        """Fit the decode threads to the CPU that neighbours leave free (actors/cpu.py).
+
+        Samples once a second whatever the runners do, so a request that arrives while a build
+        runs beside the server starts with the right count; re-shares only when the budget moves.
+        """
+        meter = ForeignLoad()
+        cpus = max(1, int(self._cpu.cpus))
+        while True:
+            await trio.sleep(CPU_SAMPLE_SECONDS)
+            foreign = await trio.to_thread.run_sync(meter.sample)
+            if foreign is None:
+                continue
+            budget = decode_budget(self._cores, foreign, self._cpu.budget, cpus=cpus)
+            changed = budget != self._cpu.budget
+            self._cpu = attrs.evolve(self._cpu, budget=budget, foreign=round(foreign, 3))
+            if changed:
+                log.info("decode_budget", threads=budget, foreign_cores=round(foreign, 2), cores=self._cores)
+                self._share_threads(None)
+
+    def cpu_state(self) -> CpuState:
+        return self._cpu
 
     async def shutdown(self, grace: float = 5.0) -> None:
         """Stop every model: cancel what is running, stop every runner process, wait for them."""
@@ -113,6 +158,11 @@ class Scheduler:
             flash_attention=self.settings.flash_attention,
         )
 
+    @staticmethod
+    def _asks_threads(record: Any, options: Mapping[str, Any] | None) -> bool:
+        """Did the request or the Modelfile name a thread count (which then stays as asked)?"""
+        return bool((options or {}).get("num_thread") or (record.parameters or {}).get("num_thread"))
+
     async def acquire(
         self,
         record: Any,
@@ -134,6 +184,8 @@ class Scheduler:
             if actor is None:
                 self._retire_mismatched(record.digest, wanted)
                 actor = self._new_actor(record, key, wanted, keep_alive)
+                if self._asks_threads(record, options):
+                    self._pinned.add(actor)
             try:
                 lease = actor.admit(keep_alive)
             except ModelGone:
@@ -253,12 +305,13 @@ class Scheduler:
             actor.request_stop(actor.stop_reason or "keep_alive 0")
         self._notify()
 
-    def _share_threads(self, _changed: ModelActor) -> None:
-        """A runner started or stopped having work: split the decode threads again (actors/cpu.py)."""
+    def _share_threads(self, _changed: ModelActor | None) -> None:
+        """A runner started or stopped having work, or the neighbours changed: split the threads again."""
         live = [a for a in self._actors
                 if a.state == "ready" and a.runner is not None and not a.runner.died.is_set()]
+        self._pinned.intersection_update(live)
         shares = share_threads({a: a.options.num_thread for a in live}, {a for a in live if a.running},
-                               self.settings.effective_num_threads)
+                               self._cpu.budget, pinned=self._pinned)
         for actor, threads in shares.items():
             if actor.runner.threads != threads:
                 log.info("runner_threads", model=actor.name, threads=threads, was=actor.runner.threads,

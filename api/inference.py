@@ -409,4 +409,4 @@ async def runners() -> Response:
     """trillama's view under the hood: each loaded model's runner process and its slots."""
     scheduler = services().scheduler
     assert scheduler is not None
-    return json_response({"runners": await scheduler.runner_states()})
+    return json_response({"runners": await scheduler.runner_states(), "cpu": attrs.asdict(scheduler.cpu_state())})

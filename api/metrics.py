@@ -30,6 +30,8 @@ class _SchedulerCollector:
         running = GaugeMetricFamily("trillama_requests_running", "Requests holding a slot", labels=["model"])
         size = GaugeMetricFamily("trillama_model_memory_bytes", "Estimated memory of a loaded model",
                                  labels=["model", "device"])
+        threads = GaugeMetricFamily("trillama_runner_threads", "Decode threads a model's runner uses now",
+                                    labels=["model"])
         actors = self.scheduler.actors() if self.scheduler is not None else []
         loaded.add_metric([], sum(1 for a in actors if a.state in ("loading", "ready")))
         for actor in actors:
@@ -37,7 +39,25 @@ class _SchedulerCollector:
             running.add_metric([actor.name], actor.refcount - actor.pending)
             size.add_metric([actor.name, "cpu"], actor.placement.size - actor.placement.size_vram)
             size.add_metric([actor.name, "gpu"], actor.placement.size_vram)
-        yield from (loaded, queued, running, size)
+            if actor.state == "ready" and actor.runner is not None:
+                threads.add_metric([actor.name], actor.runner.threads)
+        yield from (loaded, queued, running, size, threads)
+        if self.scheduler is not None:
+            yield from self._cpu(self.scheduler.cpu_state())
+
+    @staticmethod
+    def _cpu(cpu: Any) -> Iterable[GaugeMetricFamily]:
+        budget = GaugeMetricFamily("trillama_decode_threads_budget",
+                                   "Decode threads worth running now (cores less busy neighbours)")
+        budget.add_metric([], cpu.budget)
+        available = GaugeMetricFamily("trillama_cpu_available", "CPUs this process may use (affinity, quota)")
+        available.add_metric([], cpu.cpus)
+        yield from (budget, available)
+        if cpu.foreign is not None:
+            foreign = GaugeMetricFamily("trillama_cpu_foreign_cores",
+                                        "Cores used by processes outside the server, last sample")
+            foreign.add_metric([], cpu.foreign)
+            yield foreign
 
 
 class Metrics:

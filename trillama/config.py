@@ -135,12 +135,10 @@ def _parse_log_format(text: str) -> str:
 
 
 def _default_threads() -> int:
-    try:
-        import psutil
+    # Lazily: actors/ imports this module. Physical cores within CPU affinity and cgroup quota.
+    from trillama.actors.cpu import default_threads
 
-        return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
-    except Exception:  # pragma: no cover - psutil is a dependency; this is belt and braces
-        return max(1, os.cpu_count() or 1)
+    return default_threads()
 
 
 @attrs.frozen
@@ -164,7 +162,8 @@ class Settings:
     kv_cache_type: str = "f16"
     #: trillama: cap on the memory the scheduler may hand out (bytes); 0 = what the machine has.
     memory_limit: int = 0
-    #: trillama: threads each runner decodes with; 0 = physical cores.
+    #: trillama: threads each runner decodes with; 0 = physical cores within the CPU affinity and
+    #: cgroup quota, lowered while busy neighbours use cores (actors/cpu.py). A number pins it.
     num_threads: int = 0
     #: trillama: create the bundled ``smollm2:135m`` on start when the store lacks it.
     bundled_model: bool = True
