@@ -172,36 +172,21 @@ def _busy_seconds(cpus: Collection[int] | None) -> float:
     return sum(r.user + r.nice + r.system + getattr(r, "irq", 0.0) + getattr(r, "softirq", 0.0) for r in rows)
 
 
-def _tree_seconds(pid: int) -> float:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0.0
-    for proc in procs:
-        try:
-            t = proc.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            continue  # a runner that exited between the listing and the reading
-    return total
-
-
 @attrs.define
 class ForeignLoad:
-    """Cores used by processes outside this server's tree, averaged between two samples.
+    """Cores used by processes outside this server, averaged between two samples.
 
     Machine-wide busy time on the CPUs this process may run on, minus the CPU time of the server
-    and its runner processes. Cheap (one ``/proc/stat`` read and one per process of the tree), so
-    the scheduler samples it about once a second while a runner is busy.
+    and its runner processes (``pids``: the scheduler names its runners). Cheap — one
+    ``/proc/stat`` read and one ``/proc/<pid>/stat`` per process of ours, no scan of the process
+    table — so the scheduler can sample once a second without showing in the cost of a token.
     """
 
     pid: int = attrs.field(factory=os.getpid)
-    _last: tuple[float, float, float] | None = attrs.field(default=None, init=False)
+    _last: tuple[float, float] | None = attrs.field(default=None, init=False)  # (monotonic, busy)
     _cpus: frozenset[int] | None = attrs.field(default=None, init=False)
+    _procs: dict = attrs.field(factory=dict, init=False)  # pid -> psutil.Process
+    _spent: dict = attrs.field(factory=dict, init=False)  # pid -> CPU seconds at the last sample
 
     def __attrs_post_init__(self) -> None:
         try:
@@ -209,15 +194,50 @@ class ForeignLoad:
         except (AttributeError, OSError):
             self._cpus = None
 
-    def sample(self) -> float | None:
-        """Foreign cores since the previous sample (``None`` on the first one)."""
-        now = (time.monotonic(), _busy_seconds(self._cpus), _tree_seconds(self.pid))
-        last, self._last = self._last, now
-        if last is None or now[0] - last[0] <= 0:
+    def _own_seconds(self, pids: Collection[int]) -> float | None:
+        """CPU seconds of ours since the last sample: the server and each named process.
+
+        Counted per process, so a runner that exits between samples drops out cleanly. One named
+        for the first time counts whole if it is younger than the sampling gap (a runner that
+        just started loading a model is ours, not a neighbour); an older one makes this sample
+        unknowable (``None``).
+        """
+        import psutil
+
+        wanted = {self.pid, *pids}
+        for gone in set(self._procs) - wanted:
+            self._procs.pop(gone, None)
+            self._spent.pop(gone, None)
+        since = self._last[0] if self._last is not None else None
+        delta, known = 0.0, True
+        for pid in wanted:
+            try:
+                proc = self._procs.get(pid) or self._procs.setdefault(pid, psutil.Process(pid))
+                t = proc.cpu_times()
+                spent = t.user + t.system
+                age = time.time() - proc.create_time()
+            except psutil.Error:
+                self._procs.pop(pid, None)
+                self._spent.pop(pid, None)
+                continue
+            before = self._spent.get(pid)
+            self._spent[pid] = spent
+            if before is not None:
+                delta += max(0.0, spent - before)
+            elif since is not None and age <= time.monotonic() - since + 1.0:  # boot time is whole seconds
+                delta += spent
+            elif since is not None:
+                known = False
+        return delta if known else None
+
+    def sample(self, pids: Collection[int] = ()) -> float | None:
+        """Foreign cores since the previous sample (``None`` on the first one, or when unknowable)."""
+        own = self._own_seconds(pids)
+        now, busy = time.monotonic(), _busy_seconds(self._cpus)
+        last, self._last = self._last, (now, busy)
+        if last is None or own is None or now - last[0] <= 0:
             return None
-        wall = now[0] - last[0]
-        foreign = ((now[1] - last[1]) - (now[2] - last[2])) / wall
-        return max(0.0, foreign)
+        return max(0.0, ((busy - last[1]) - own) / (now - last[0]))
 
 
 #: foreign load, in cores, at which a thread is given up; below the lower mark it is taken back.

@@ -108,7 +108,8 @@ class Scheduler:
         cpus = max(1, int(self._cpu.cpus))
         while True:
             await trio.sleep(CPU_SAMPLE_SECONDS)
-            foreign = await trio.to_thread.run_sync(meter.sample)
+            runners = [a.runner.pid for a in self._actors if a.runner is not None and a.runner.pid]
+            foreign = await trio.to_thread.run_sync(meter.sample, runners)
             if foreign is None:
                 continue
             budget = decode_budget(self._cores, foreign, self._cpu.budget, cpus=cpus)

@@ -107,7 +107,7 @@ def test_neighbours_on_cpus_beyond_the_quota_do_not_count():
     assert decode_budget(2, 62.8, 2, cpus=64) == 1
 
 
-def test_foreign_load_counts_a_busy_process_outside_the_tree_and_not_one_inside():
+def test_foreign_load_counts_a_busy_process_that_is_not_ours_and_not_one_that_is():
     import subprocess
     import sys
     import time
@@ -116,18 +116,17 @@ def test_foreign_load_counts_a_busy_process_outside_the_tree_and_not_one_inside(
 
     from trillama.actors.cpu import ForeignLoad
 
-    # The hog is a child of this test process and a sibling of a sleeping "server": one meter
-    # sees it inside its tree, the other outside. Whatever else the machine does shows in both
-    # alike, so their difference is the hog's own CPU use.
+    # One meter is told the hog is one of its processes, the other is not: whatever else the
+    # machine does shows in both alike, so their difference is the hog's own CPU use.
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         inside, outside = ForeignLoad(), ForeignLoad(pid=server.pid)
         time.sleep(0.2)
-        inside.sample(), outside.sample()
+        inside.sample([hog.pid]), outside.sample()
         hog_before, t0 = sum(psutil.Process(hog.pid).cpu_times()[:2]), time.monotonic()
         time.sleep(1.5)
-        seen_inside, seen_outside = inside.sample(), outside.sample()
+        seen_inside, seen_outside = inside.sample([hog.pid]), outside.sample()
         hog_rate = (sum(psutil.Process(hog.pid).cpu_times()[:2]) - hog_before) / (time.monotonic() - t0)
     finally:
         for p in (server, hog):
@@ -135,3 +134,28 @@ def test_foreign_load_counts_a_busy_process_outside_the_tree_and_not_one_inside(
             p.wait()
     assert hog_rate > 0.2, "the hog never ran"
     assert seen_outside - seen_inside == pytest.approx(hog_rate, abs=0.15)
+
+
+def test_a_process_named_for_the_first_time_counts_whole_when_it_is_new():
+    import subprocess
+    import sys
+    import time
+
+    from trillama.actors.cpu import ForeignLoad
+
+    meter = ForeignLoad()
+    meter.sample()
+    time.sleep(0.2)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # a runner starting to load
+    try:
+        time.sleep(1.0)
+        with_hog = meter.sample([hog.pid])
+    finally:
+        hog.kill()
+        hog.wait()
+    assert with_hog is not None
+    old = ForeignLoad()
+    old.sample()
+    time.sleep(0.2)
+    # a process older than the gap since the last sample: its share of the gap is unknowable
+    assert old.sample([1]) is None
