@@ -1,0 +1,151 @@
+"""What every ``/v1`` route shares: the blueprint, common request fields and small helpers.
+
+Routes live in one module per OpenAI endpoint family (chat, completions, embeddings, models,
+responses) but register on the one :data:`blueprint` defined here, so the app wires ``/v1`` up with
+a single ``register_blueprint`` and every route shares the same error rendering.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, AsyncIterator, Mapping
+
+import attrs
+from quart import Blueprint, Response
+
+from trillama.actors.runner.messages import Done
+from trillama.actors.structured import FormatError, grammar_for_format
+from trillama.api.completion import coerce_request_options
+from trillama.api.errors import APIError, openai_error_body
+from trillama.api.streaming import sse_response
+
+__all__ = [
+    "blueprint",
+    "SYSTEM_FINGERPRINT",
+    "MAX_TOP_LOGPROBS",
+    "GenerationFields",
+    "new_id",
+    "check_n",
+    "stop_list",
+    "json_type",
+    "include_usage",
+    "merged_options",
+    "format_grammar",
+    "chat_usage",
+    "finish_reason",
+    "top_logprobs_count",
+    "sse",
+]
+
+blueprint = Blueprint("openai", __name__)
+
+
+SYSTEM_FINGERPRINT = "fp_ollama"
+MAX_TOP_LOGPROBS = 20
+
+
+# ----------------------------------------------------------------------------- request bodies
+# Loose types (``Any``) where OpenAI allows several JSON shapes; those fields are checked by hand
+# below so the 400 says what is wrong rather than where cattrs gave up.
+@attrs.define
+class GenerationFields:
+    """What chat and legacy completions share (OpenAI's two request types repeat them)."""
+
+    model: str = ""
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    stop: Any = None
+    temperature: float | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    n: int | None = None
+    # Ollama's own knobs, which its /v1 layer has no way to pass (ollama#2722).
+    options: dict[str, Any] | None = None
+    keep_alive: Any = None
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def check_n(n: int | None) -> None:
+    """Refuse ``n`` > 1 loudly: Ollama ignores it and returns one choice, which clients misread."""
+    if n is not None and n != 1:
+        raise APIError(400, f"n={n} is not supported: only one choice per request (n=1)")
+
+
+def stop_list(stop: Any) -> list[str] | None:
+    """``stop`` as a list; a non-string entry is a 400 (Ollama's chat layer drops it silently)."""
+    if stop is None:
+        return None
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list):
+        for item in stop:
+            if not isinstance(item, str):
+                raise APIError(400, f"invalid type for 'stop' field: {json_type(item)}")
+        return list(stop)
+    raise APIError(400, f"invalid type for 'stop' field: {json_type(stop)}")
+
+
+def json_type(value: Any) -> str:
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "float64"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "[]interface {}"
+    return "map[string]interface {}"
+
+
+def include_usage(stream_options: Mapping[str, Any] | None) -> bool:
+    return bool(stream_options and stream_options.get("include_usage") is True)
+
+
+def merged_options(record: Any, options: dict[str, Any] | None, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a /v1 request runs with: Modelfile parameters, then OpenAI's defaults
+    (temperature and top_p 1.0, as OpenAI and Ollama's layer impose), then the request's Ollama
+    ``options``, then the OpenAI fields the request actually set."""
+    merged: dict[str, Any] = {**(record.parameters or {}), "temperature": 1.0, "top_p": 1.0}
+    merged.update(coerce_request_options(options))
+    merged.update({k: v for k, v in fields.items() if v is not None})
+    return merged
+
+
+def format_grammar(fmt: Any) -> str | None:
+    try:
+        return grammar_for_format(fmt)
+    except FormatError as exc:
+        raise APIError(400, str(exc)) from None
+
+
+def chat_usage(done: Done) -> dict[str, int]:
+    # The full prompt length: tokens evaluated now plus tokens reused from the slot's cache.
+    prompt = done.prompt_eval_count + done.cached_count
+    return {"prompt_tokens": prompt, "completion_tokens": done.eval_count,
+            "total_tokens": prompt + done.eval_count}
+
+
+def finish_reason(done_reason: str, tool_calls: bool) -> str:
+    reason = done_reason or "stop"
+    return "tool_calls" if tool_calls and reason == "stop" else reason
+
+
+def top_logprobs_count(value: int | None, field: str = "top_logprobs") -> int:
+    n = value or 0
+    if not 0 <= n <= MAX_TOP_LOGPROBS:
+        raise APIError(400, f"{field} must be between 0 and {MAX_TOP_LOGPROBS}")
+    return n
+
+
+async def sse(chunks: AsyncIterator[dict]) -> Response:
+    response = await sse_response(chunks, openai_error=openai_error_body)
+    response.headers["Cache-Control"] = "no-cache"
+    return response
