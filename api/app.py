@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from trillama import __version__
 from trillama.api import inference, manage, metrics, openai, registry
+from trillama.api import anthropic
 from trillama.api.metrics import Metrics
 from trillama.api.context import Services
 from trillama.api.cors import CorsPolicy
@@ -106,5 +107,6 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(registry.blueprint)
     app.register_blueprint(inference.blueprint)
     app.register_blueprint(openai.blueprint)
+    app.register_blueprint(anthropic.blueprint)
     app.register_blueprint(metrics.blueprint)
     return app

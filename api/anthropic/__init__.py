@@ -1,0 +1,75 @@
+"""Anthropic's Messages API: ``POST /v1/messages`` and ``POST /v1/messages/count_tokens``.
+
+Why: coding agents built for Anthropic (Claude Code with ``ANTHROPIC_BASE_URL``, the ``anthropic``
+SDKs) speak only this dialect. Like ``/v1/chat/completions`` it is a translation onto the one
+model-actor path ``/api/chat`` uses; nothing here schedules or samples.
+
+The package keeps one job per module: :mod:`.plan` (decoding and validation into a plan),
+:mod:`.translate` (blocks, system, tools, tool choice, thinking → native values), :mod:`.run`
+(lease, render, run, parse; token counting), :mod:`.reply` (the non-streaming message),
+:mod:`.stream` (the event sequence), :mod:`.sse` (framing, pings, errors mid-stream) and
+:mod:`.errors` (Anthropic's error shape and statuses).
+
+Beyond Ollama's layer: ``tool_choice`` is honoured (``any`` and ``tool`` constrain decoding so the
+model must call a tool; ``none`` hides the tools), ``count_tokens`` exists and is exact, a
+``stop_sequence`` answer says which sequence matched, and every error of these routes, expected
+or not, is in Anthropic's shape.
+"""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response, current_app, request
+
+from trillama.api.anthropic.errors import error_body, to_api_error, wire_status
+from trillama.api.anthropic.reply import collect_message
+from trillama.api.anthropic.plan import CountTokensRequest, MessagesRequest, plan_count, plan_messages
+from trillama.api.anthropic.run import count_prompt_tokens, message_events
+from trillama.api.anthropic.sse import sse_response
+from trillama.api.anthropic.stream import stream_events
+from trillama.api.completion import Timer
+from trillama.api.decode import read_request
+from trillama.api.streaming import json_response
+from trillama.logs import get_logger
+
+__all__ = ["blueprint", "error_response"]
+
+log = get_logger("trillama.api.anthropic")
+
+blueprint = Blueprint("anthropic", __name__)
+
+
+def error_response(exc: BaseException) -> Response:
+    """Any exception as Anthropic's error object with the status its SDK maps to the right class."""
+    error = to_api_error(exc)
+    if error is not exc:
+        log.error("anthropic_unexpected_error", error=repr(exc), path=request.path, exc_info=exc)
+    return json_response(error_body(error.status, error.message), status=wire_status(error.status),
+                         headers=dict(error.headers))
+
+
+@blueprint.errorhandler(Exception)
+async def _any_error(exc: Exception) -> Response:
+    return error_response(exc)
+
+
+@blueprint.post("/v1/messages")
+async def messages() -> Response:
+    timer = Timer()
+    req = await read_request(request, MessagesRequest)
+    plan = plan_messages(req)
+    log.info("anthropic_messages", model=req.model, stream=req.stream, tools=len(plan.tools or ()),
+             tool_choice=plan.choice.mode, think=plan.think)
+    events = message_events(plan, timer)
+    if req.stream:
+        nursery = getattr(current_app, "nursery", None)
+        return await sse_response(stream_events(events, model=req.model), nursery=nursery)
+    return json_response(await collect_message(events, model=req.model))
+
+
+@blueprint.post("/v1/messages/count_tokens")
+async def count_tokens() -> Response:
+    timer = Timer()
+    req = await read_request(request, CountTokensRequest)
+    plan = plan_count(req)
+    return json_response({"input_tokens": await count_prompt_tokens(plan, timer)})
+

@@ -1,0 +1,63 @@
+"""Errors in Anthropic's shape: ``{"type": "error", "error": {"type": ..., "message": ...}}``.
+
+The ``anthropic`` SDK picks its exception class from the HTTP status (``BadRequestError`` for 400,
+``NotFoundError`` for 404, ``OverloadedError`` for 529, ...) and reads ``error.type`` and
+``error.message`` from the body, so both must be right.
+
+Queue full and "model is unloading" are 503 on the native routes. Here they are **529
+``overloaded_error``**: that is what Anthropic's own API answers when it has no capacity, the SDK
+maps 529 to ``OverloadedError`` (503 would be ``ServiceUnavailableError``, which Anthropic never
+sends), and clients built for Anthropic (Claude Code among them) treat 529 as "busy, back off and
+retry" rather than as a broken server. ``Retry-After`` is kept; the SDK honours it when it retries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trillama.api.errors import APIError
+
+__all__ = ["OVERLOADED", "error_type", "error_body", "wire_status", "to_api_error"]
+
+OVERLOADED = 529
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    OVERLOADED: "overloaded_error",
+}
+
+
+def wire_status(status: int) -> int:
+    """The status Anthropic's clients expect for one of ours (only 503 changes, to 529)."""
+    return OVERLOADED if status == 503 else status
+
+
+def error_type(status: int) -> str:
+    status = wire_status(status)
+    if status in _TYPES:
+        return _TYPES[status]
+    if 400 <= status < 500:
+        return "invalid_request_error"
+    return "api_error"
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": error_type(status), "message": message}}
+
+
+def to_api_error(exc: BaseException) -> APIError:
+    """Any exception a route let escape, as an :class:`APIError` (unexpected ones are 500s)."""
+    from werkzeug.exceptions import HTTPException
+
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, HTTPException):
+        code = exc.code or 500
+        return APIError(code, exc.description or exc.name or "request failed")
+    return APIError(500, f"internal error: {type(exc).__name__}")
+
