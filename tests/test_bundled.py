@@ -32,10 +32,11 @@ def test_creates_smollm2_from_the_installed_gguf(store: ModelStore, smollm2_gguf
     assert bundled.ensure_bundled_model(store) is True
     record = store.resolve("smollm2:135m")
     assert record.model_path.read_bytes() == smollm2_gguf.read_bytes()
-    assert record.template == CHAT_FORMATS["chatml"].template  # autodetected from the chat template
+    assert record.template == bundled.BUNDLED_TEMPLATE  # ChatML with tools, as Ollama's library model
     assert record.parameters == {"stop": ["<|im_start|>", "<|im_end|>"]}
-    assert record.license == ["apache-2.0"]
-    assert record.capabilities == ["completion"]
+    (license_text,) = record.license
+    assert license_text.lstrip().startswith("Apache License\n") and "Version 2.0, January 2004" in license_text
+    assert record.capabilities == ["completion", "tools"]
     assert record.details == {"parent_model": "SmolLM2-135M-Instruct.Q4_1.gguf", "format": "gguf",
                               "family": "llama", "families": ["llama"], "parameter_size": "134.52M",
                               "quantization_level": "Q4_1"}
@@ -96,25 +97,36 @@ def test_detected_template_renders_like_the_models_own(smollm2_gguf: Path) -> No
     assert _render_go(CHAT_FORMATS["chatml"].template, CONVERSATION) == expected
 
 
-def test_gemma3_without_chat_template_gets_the_gemma3_format(gemma3_gguf: Path) -> None:
-    """This Gemma 3 GGUF ships no chat template; its architecture alone picks the format."""
-    from trillama.store.templates import detect_chat_format
-
-    info = read_gguf_info(gemma3_gguf)
-    assert info.chat_template is None and info.architecture == "gemma3"
-    fmt = detect_chat_format(info.chat_template, info.architecture)
-    assert fmt is not None and fmt.name == "gemma3-instruct"
-    # Gemma 3's published format: no system role, the system text opens the first user turn;
-    # BOS is added by the tokenizer, not the template.
-    assert _render_go(fmt.template, CONVERSATION) == (
-        "<start_of_turn>user\nYou are terse.\n\nHi!<end_of_turn>\n"
-        "<start_of_turn>model\nHello.<end_of_turn>\n"
-        "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n"
-        "<start_of_turn>model\n"
-    )
+def test_bundled_template_without_tools_renders_like_the_models_own(smollm2_gguf: Path) -> None:
+    """Without tools the bundled template is plain ChatML: the prompt SmolLM2's own template makes."""
+    info = read_gguf_info(smollm2_gguf)
+    assert _render_go(bundled.BUNDLED_TEMPLATE, CONVERSATION) == _render_jinja(info.chat_template or "", CONVERSATION)
+    without_system = CONVERSATION[1:]
+    assert _render_go(bundled.BUNDLED_TEMPLATE, without_system) == _render_go(CHAT_FORMATS["chatml"].template,
+                                                                              without_system)
 
 
-def test_blob_is_the_package_file(store: ModelStore, smollm2_gguf: Path) -> None:
-    bundled.ensure_bundled_model(store)
-    digest = "sha256:" + hashlib.sha256(smollm2_gguf.read_bytes()).hexdigest()
-    assert store.has_blob(digest)
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def test_bundled_template_renders_tools_calls_and_results() -> None:
+    from trillama.actors.prompt.capabilities import tool_call_tag
+    from trillama.actors.prompt.messages import Message
+    from trillama.actors.prompt.render import render_chat
+
+    messages = [Message.from_json(m) for m in (
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+        {"role": "tool", "content": "12 C and rain"},
+    )]
+    text = render_chat(bundled.BUNDLED_TEMPLATE, messages, tools=[WEATHER])
+    assert text.startswith("<|im_start|>system\n\n# Tools\n")
+    assert '<tools>\n{"type":"function","function":{"name":"get_weather"' in text
+    assert ('<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city":"Oslo"}}\n'
+            "</tool_call><|im_end|>\n") in text
+    assert "<|im_start|>user\n<tool_response>\n12 C and rain\n</tool_response><|im_end|>\n" in text
+    assert text.endswith("<|im_start|>assistant\n")
+    assert tool_call_tag(bundled.BUNDLED_TEMPLATE) == "<tool_call>"

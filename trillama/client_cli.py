@@ -110,6 +110,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
         models = _check(client.get("/api/ps")).json()["models"]
     rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
     for m in models:
+        if args.prefix and not m["name"].startswith(args.prefix):
+            continue
         vram, size = m.get("size_vram", 0), m.get("size", 0) or 1
         if vram == 0:
             proc = "100% CPU"
@@ -131,31 +133,22 @@ def cmd_ps(args: argparse.Namespace) -> int:
     return 0
 
 
+SHOW_FLAGS = ("license", "modelfile", "parameters", "system", "template")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
+    from trillama.showinfo import format_show
+
+    chosen = [flag for flag in SHOW_FLAGS if getattr(args, flag)]
+    if len(chosen) > 1:
+        raise CLIError("only one of '--license', '--modelfile', '--parameters', '--system', or '--template' "
+                       "can be specified")
     with _client() as client:
         info = _check(client.post("/api/show", json={"model": args.model, "verbose": args.verbose})).json()
-    for flag in ("license", "modelfile", "parameters", "system", "template"):
-        if getattr(args, flag):
-            print(info.get(flag, ""))
-            return 0
-    details = info.get("details", {})
-    mi = info.get("model_info", {})
-    arch = mi.get("general.architecture", details.get("family", ""))
-    print("  Model")
-    for label, value in (("architecture", arch), ("parameters", details.get("parameter_size", "")),
-                         ("context length", mi.get(f"{arch}.context_length", "")),
-                         ("embedding length", mi.get(f"{arch}.embedding_length", "")),
-                         ("quantization", details.get("quantization_level", ""))):
-        if value != "":
-            print(f"    {label:<20}{value}")
-    if info.get("capabilities"):
-        print("\n  Capabilities")
-        for cap in info["capabilities"]:
-            print(f"    {cap}")
-    if info.get("parameters"):
-        print("\n  Parameters")
-        for line in info["parameters"].splitlines():
-            print(f"    {line}")
+    if chosen:
+        print(info.get(chosen[0], ""))
+        return 0
+    print(format_show(info, verbose=args.verbose), end="")
     return 0
 
 
@@ -185,12 +178,21 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
+    """Send the Modelfile (its path lets the server read the files it names) and print the progress."""
     path = Path(args.file or "Modelfile")
+    if args.file and not path.exists():
+        raise CLIError(f"open {args.file}: no such file or directory")
     text = path.read_text() if path.exists() else "FROM .\n"
-    body = {"model": args.model, "modelfile": text, "path": str(path.resolve())}
+    body: dict[str, Any] = {"model": args.model, "modelfile": text, "path": str(path.resolve())}
+    if args.quantize:
+        body["quantize"] = args.quantize
     with _client() as client:
+        last = None
         for item in _stream(client, "POST", "/api/create", body):
-            print(item.get("status", ""))
+            status = item.get("status", "")
+            if status and status != last:
+                print(status, flush=True)
+            last = status
     return 0
 
 
@@ -217,7 +219,7 @@ def extract_images(prompt: str) -> tuple[str, list[Path]]:
     return " ".join(rest.split()) if found else prompt, found
 
 
-def _with_images(prompt: str, vision: bool) -> tuple[str, list[str]]:
+def with_images(prompt: str, vision: bool) -> tuple[str, list[str]]:
     if not vision:
         return prompt, []
     text, paths = extract_images(prompt)
@@ -226,70 +228,6 @@ def _with_images(prompt: str, vision: bool) -> tuple[str, list[str]]:
         print(f"Added image '{path}'", file=sys.stderr)
         images.append(base64.b64encode(path.read_bytes()).decode("ascii"))
     return text, images
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    prompt = " ".join(args.prompt)
-    if not sys.stdin.isatty():
-        prompt = (sys.stdin.read() + ("\n" + prompt if prompt else "")).strip()
-    body: dict[str, Any] = {"model": args.model}
-    if args.keepalive:
-        body["keep_alive"] = args.keepalive
-    if args.format:
-        body["format"] = args.format
-    with _client() as client:
-        shown = client.post("/api/show", json={"model": args.model})
-        if shown.status_code == 404:  # as ``ollama run``: fetch what is missing, then run it
-            show_progress(_stream(client, "POST", "/api/pull", {"model": args.model,
-                                                                "insecure": args.insecure}))
-            shown = client.post("/api/show", json={"model": args.model})
-        vision = shown.status_code == 200 and "vision" in (shown.json().get("capabilities") or [])
-        if prompt:
-            prompt, images = _with_images(prompt, vision)
-            return _run_once(client, {**body, "images": images} if images else body, prompt, args.verbose)
-        _check(client.post("/api/generate", json=body))  # load the model first, as ollama does
-        messages: list[dict] = []
-        while True:
-            try:
-                line = input(">>> ")
-            except EOFError:
-                print()
-                return 0
-            if line.strip() in ("/bye", "/exit"):
-                return 0
-            if not line.strip():
-                continue
-            line, images = _with_images(line, vision)
-            messages.append({"role": "user", "content": line, **({"images": images} if images else {})})
-            reply = ""
-            for item in _stream(client, "POST", "/api/chat", {**body, "messages": messages}):
-                piece = item.get("message", {}).get("content", "")
-                reply += piece
-                print(piece, end="", flush=True)
-            print("\n")
-            messages.append({"role": "assistant", "content": reply})
-
-
-def _run_once(client: httpx.Client, body: dict, prompt: str, verbose: bool) -> int:
-    final: dict = {}
-    for item in _stream(client, "POST", "/api/generate", {**body, "prompt": prompt}):
-        print(item.get("response", ""), end="", flush=True)
-        if item.get("done"):
-            final = item
-    print()
-    if verbose and final:
-        for label, key in (("total duration", "total_duration"), ("load duration", "load_duration"),
-                           ("prompt eval count", "prompt_eval_count"),
-                           ("prompt eval duration", "prompt_eval_duration"), ("eval count", "eval_count"),
-                           ("eval duration", "eval_duration")):
-            if final.get(key):
-                value = final[key]
-                text = f"{value} token(s)" if key.endswith("count") else f"{value / 1e9:.4f}s"
-                print(f"{label + ':':<22}{text}", file=sys.stderr)
-        if final.get("eval_duration"):
-            print(f"{'eval rate:':<22}{final['eval_count'] / (final['eval_duration'] / 1e9):.2f} tokens/s",
-                  file=sys.stderr)
-    return 0
 
 
 def show_progress(items: Iterator[dict], out: Any = None) -> None:
@@ -352,7 +290,7 @@ def _wrap(func):
             print(f"Error: {exc}", file=sys.stderr)
             return 1
         except httpx.ConnectError:
-            print("Error: could not connect to a running trillama/Ollama server at " + base_url(), file=sys.stderr)
+            print("Error: could not connect to ollama server, run 'trillama serve' to start it", file=sys.stderr)
             return 1
     return run
 
@@ -362,24 +300,34 @@ def register(sub: Any) -> None:
     p.add_argument("prefix", nargs="?")
     p.set_defaults(func=_wrap(cmd_list))
     p = sub.add_parser("ps", help="List running models")
+    p.add_argument("prefix", nargs="?")
     p.set_defaults(func=_wrap(cmd_ps))
     p = sub.add_parser("show", help="Show information for a model")
     p.add_argument("model")
-    for flag in ("license", "modelfile", "parameters", "system", "template"):
-        p.add_argument(f"--{flag}", action="store_true")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--license", action="store_true", help="Show license of a model")
+    p.add_argument("--modelfile", action="store_true", help="Show Modelfile of a model")
+    p.add_argument("--parameters", action="store_true", help="Show parameters of a model")
+    p.add_argument("--system", action="store_true", help="Show system message of a model")
+    p.add_argument("--template", action="store_true", help="Show template of a model")
+    p.add_argument("-v", "--verbose", action="store_true", help="Show detailed model information")
     p.set_defaults(func=_wrap(cmd_show))
     p = sub.add_parser("run", help="Run a model")
     p.add_argument("model")
     p.add_argument("prompt", nargs="*")
-    p.add_argument("--keepalive")
-    p.add_argument("--format")
-    p.add_argument("--verbose", action="store_true")
-    p.add_argument("--insecure", action="store_true", help="Pull from an insecure registry if missing")
-    p.set_defaults(func=_wrap(cmd_run))
-    p = sub.add_parser("create", help="Create a model from a Modelfile")
+    p.add_argument("--keepalive", help="Duration to keep a model loaded (e.g. 5m)")
+    p.add_argument("--format", help='Response format (e.g. json)')
+    p.add_argument("--think", nargs="?", const="true", default=None,
+                   help="Enable thinking mode: true/false or high/medium/low/max for supported models")
+    p.add_argument("--hidethinking", action="store_true", help="Hide thinking output (if provided)")
+    p.add_argument("--nowordwrap", action="store_true",
+                   help="Don't wrap words to the next line automatically")
+    p.add_argument("--verbose", action="store_true", help="Show timings for response")
+    p.add_argument("--insecure", action="store_true", help="Use an insecure registry")
+    p.set_defaults(func=_wrap(_run))
+    p = sub.add_parser("create", help="Create a model")
     p.add_argument("model")
-    p.add_argument("-f", "--file")
+    p.add_argument("-f", "--file", help='Name of the Modelfile (default "Modelfile")')
+    p.add_argument("-q", "--quantize", help="Quantize model to this level (e.g. q4_K_M)")
     p.set_defaults(func=_wrap(cmd_create))
     p = sub.add_parser("cp", help="Copy a model")
     p.add_argument("source")
@@ -393,9 +341,15 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_wrap(cmd_stop))
     p = sub.add_parser("pull", help="Pull a model from a registry")
     p.add_argument("model")
-    p.add_argument("--insecure", action="store_true", help="Use an insecure registry (plain http)")
+    p.add_argument("--insecure", action="store_true", help="Use an insecure registry")
     p.set_defaults(func=_wrap(cmd_pull))
     p = sub.add_parser("push", help="Push a model to a registry")
     p.add_argument("model")
-    p.add_argument("--insecure", action="store_true", help="Use an insecure registry (plain http)")
+    p.add_argument("--insecure", action="store_true", help="Use an insecure registry")
     p.set_defaults(func=_wrap(cmd_push))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from trillama.runcmd import cmd_run
+
+    return cmd_run(args)

@@ -1,0 +1,189 @@
+"""``trillama run MODEL [PROMPT]``: one answer, or the interactive session (``trillama.repl``).
+
+As ``ollama run``: the model is shown first (and pulled when missing); a prompt on the command
+line or anything on stdin makes the run non-interactive, and so does a stdout that is not a
+terminal; an interactive run loads the model (an empty generate), replays the Modelfile's
+``MESSAGE`` turns and opens the REPL. Ctrl+C stops an answer: the stream is closed, which cancels
+the request on the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+import attrs
+import httpx
+
+from trillama.client_cli import CLIError, _check, _client, _stream, show_progress, with_images
+from trillama.durations import DurationError, parse_go_duration
+from trillama.termout import AnswerPrinter, Spinner, summary_lines
+
+__all__ = ["RunOptions", "answer", "cmd_run", "parse_think"]
+
+THINK_VALUES = ("high", "medium", "low", "max")
+
+
+@attrs.define
+class RunOptions:
+    """What a run (and a REPL session) sends with every request; the REPL's ``/set`` changes it."""
+
+    model: str
+    system: str = ""
+    options: dict[str, Any] = attrs.field(factory=dict)
+    messages: list[dict[str, Any]] = attrs.field(factory=list)
+    loaded_messages: list[dict[str, Any]] = attrs.field(factory=list)
+    parent_model: str = ""
+    format: str = ""
+    think: bool | str | None = None
+    hide_thinking: bool = False
+    wordwrap: bool = True
+    verbose: bool = False
+    keep_alive: str | None = None
+    multimodal: bool = False
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model}
+        if self.format:
+            body["format"] = self.format
+        if self.options:
+            body["options"] = dict(self.options)
+        if self.think is not None:
+            body["think"] = self.think
+        if self.keep_alive is not None:
+            body["keep_alive"] = self.keep_alive
+        return body
+
+    def apply_show(self, info: dict[str, Any]) -> None:
+        """Take what ``/api/show`` says about the model: vision, its parent, its stored messages."""
+        caps = info.get("capabilities") or []
+        self.multimodal = "vision" in caps or "audio" in caps or bool(info.get("projector_info"))
+        self.parent_model = (info.get("details") or {}).get("parent_model", "")
+        self.loaded_messages = list(info.get("messages") or [])
+
+
+def parse_think(value: str | None) -> bool | str | None:
+    if value is None:
+        return None
+    if value in ("", "true"):
+        return True
+    if value == "false":
+        return False
+    if value in THINK_VALUES:
+        return value
+    raise CLIError(f'invalid value for --think: "{value}" (must be true, false, high, medium, low, or max)')
+
+
+def answer(client: httpx.Client, path: str, body: dict[str, Any], opts: RunOptions,
+           printer: AnswerPrinter | None = None) -> tuple[AnswerPrinter, dict | None]:
+    """Stream one answer to the terminal; the final chunk, or ``None`` when Ctrl+C stopped it."""
+    printer = printer or AnswerPrinter(wordwrap=opts.wordwrap, hide_thinking=opts.hide_thinking)
+    spinner = Spinner().start()
+    final: dict | None = None
+    chunks = _stream(client, "POST", path, body)
+    try:
+        for item in chunks:
+            piece = item.get("message") or {}
+            content = piece.get("content", "") if path == "/api/chat" else item.get("response", "")
+            thinking = piece.get("thinking", "") if path == "/api/chat" else item.get("thinking", "")
+            calls = piece.get("tool_calls") if path == "/api/chat" else item.get("tool_calls")
+            if content or calls or (thinking and not opts.hide_thinking):
+                spinner.stop()
+            printer.feed(content or "", thinking or "", calls)
+            if item.get("done"):
+                final = item
+    except KeyboardInterrupt:
+        return printer, None
+    finally:
+        spinner.stop()
+        chunks.close()  # closes the response: the server cancels the request
+    return printer, final
+
+
+def _print_summary(final: dict | None) -> None:
+    for line in summary_lines(final or {}):
+        print(line, file=sys.stderr)
+
+
+def _run_once(client: httpx.Client, opts: RunOptions, prompt: str) -> int:
+    prompt, images = with_images(prompt, opts.multimodal)
+    body = {**opts.body(), "prompt": prompt, **({"images": images} if images else {})}
+    _, final = answer(client, "/api/generate", body, opts)
+    if final is None:
+        return 0
+    if prompt:
+        print("\n")
+    if opts.verbose:
+        _print_summary(final)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    opts = RunOptions(model=args.model, format=args.format or "", think=parse_think(args.think),
+                      hide_thinking=args.hidethinking, wordwrap=not args.nowordwrap, verbose=args.verbose)
+    if args.keepalive:
+        try:
+            parse_go_duration(args.keepalive)
+        except DurationError as exc:
+            raise CLIError(str(exc)) from None
+        opts.keep_alive = args.keepalive
+    prompts = list(args.prompt)
+    interactive = not prompts
+    if not sys.stdin.isatty():
+        text = sys.stdin.read()
+        if text:
+            prompts.insert(0, text)
+        opts.wordwrap = False
+        interactive = False
+    if not sys.stdout.isatty():
+        interactive = False
+    with _client() as client:
+        shown = client.post("/api/show", json={"model": args.model})
+        if shown.status_code == 404:  # as ``ollama run``: fetch what is missing, then run it
+            show_progress(_stream(client, "POST", "/api/pull", {"model": args.model, "insecure": args.insecure}))
+            shown = client.post("/api/show", json={"model": args.model})
+        info = _check(shown).json()
+        opts.apply_show(info)
+        caps = info.get("capabilities") or []
+        if args.think is None and "thinking" in caps:
+            opts.think = True  # as ollama: a thinking model thinks unless told not to
+        if "embedding" in caps and "completion" not in caps:
+            return _embed(client, opts, " ".join(prompts))
+        if not interactive:
+            return _run_once(client, opts, " ".join(prompts))
+        from trillama.repl import Repl
+
+        load(client, opts)
+        for msg in opts.loaded_messages:
+            if msg.get("role") == "user":
+                print(f">>> {msg.get('content', '')}")
+            elif msg.get("role") == "assistant":
+                AnswerPrinter(wordwrap=opts.wordwrap).feed(msg.get("content", ""))
+                print("\n")
+        return Repl(client, opts, history=os.environ.get("OLLAMA_NOHISTORY", "") in ("", "0", "false")).run()
+
+
+def load(client: httpx.Client, opts: RunOptions) -> None:
+    """Load the model before the first prompt (an empty generate), with the spinner meanwhile."""
+    spinner = Spinner().start()
+    try:
+        body = {k: v for k, v in opts.body().items() if k in ("model", "keep_alive")}
+        _check(client.post("/api/generate", json=body))
+    finally:
+        spinner.stop()
+
+
+def _embed(client: httpx.Client, opts: RunOptions, text: str) -> int:
+    import json
+
+    if not text:
+        raise CLIError(f'embedding models require input text. Usage: trillama run {opts.model} "your text here"')
+    body: dict[str, Any] = {"model": opts.model, "input": text}
+    if opts.keep_alive is not None:
+        body["keep_alive"] = opts.keep_alive
+    vectors = _check(client.post("/api/embed", json=body)).json().get("embeddings") or []
+    for vector in vectors:
+        print(json.dumps(vector))
+    return 0
