@@ -15,7 +15,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trillama import __version__
-from trillama.api import inference, manage, metrics, openai, registry
+from trillama.api import health, inference, manage, metrics, openai, registry
 from trillama.api.metrics import Metrics
 from trillama.api.context import Services
 from trillama.api.cors import CorsPolicy
@@ -107,4 +107,5 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(inference.blueprint)
     app.register_blueprint(openai.blueprint)
     app.register_blueprint(metrics.blueprint)
+    health.install(app, services.lifecycle)
     return app
