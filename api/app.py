@@ -15,8 +15,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trillama import __version__
-from trillama.api import inference, manage, metrics, openai, registry
-from trillama.api import anthropic
+from trillama.api import anthropic, health, inference, manage, metrics, openai, registry
 from trillama.api.metrics import Metrics
 from trillama.api.context import Services
 from trillama.api.cors import CorsPolicy
@@ -109,4 +108,5 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(openai.blueprint)
     app.register_blueprint(anthropic.blueprint)
     app.register_blueprint(metrics.blueprint)
+    health.install(app, services.lifecycle)
     return app

@@ -10,6 +10,7 @@ from quart import current_app
 if TYPE_CHECKING:
     from trillama.actors.scheduler import Scheduler
     from trillama.config import Settings
+    from trillama.lifecycle import Lifecycle
     from trillama.registry import Registry
     from trillama.store import ModelStore
 
@@ -22,6 +23,7 @@ class Services:
     store: "ModelStore"
     scheduler: "Scheduler | None" = None
     registry: "Registry | None" = None
+    lifecycle: "Lifecycle | None" = None
 
 
 def services() -> Services:

@@ -14,6 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from quart import Blueprint, Response, current_app
 
+from trillama.api.gateway import GatewayCollector
+
 __all__ = ["Metrics", "blueprint"]
 
 blueprint = Blueprint("metrics", __name__)
@@ -71,6 +73,8 @@ class Metrics:
                                  ["route"], registry=self.registry)
         self.tokens = Counter("trillama_tokens", "Tokens processed", ["model", "kind"], registry=self.registry)
         self.registry.register(_SchedulerCollector(scheduler))
+        self.gateway = GatewayCollector(scheduler)  # vLLM's names, for LLM-aware gateways
+        self.registry.register(self.gateway)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
@@ -83,5 +87,6 @@ class Metrics:
 
 @blueprint.route("/metrics", methods=["GET"])
 async def metrics() -> Response:
-    registry = current_app.extensions["trillama.metrics"].registry
-    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    recorder = current_app.extensions["trillama.metrics"]
+    await recorder.gateway.refresh()
+    return Response(generate_latest(recorder.registry), content_type=CONTENT_TYPE_LATEST)

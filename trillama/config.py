@@ -20,7 +20,7 @@ import attrs
 
 from trillama.durations import FOREVER, DurationError, parse_go_duration
 
-__all__ = ["ConfigError", "Settings", "parse_byte_size", "DEFAULT_ORIGINS"]
+__all__ = ["ConfigError", "Settings", "PreloadSpec", "parse_byte_size", "parse_preload", "DEFAULT_ORIGINS"]
 
 T = TypeVar("T")
 
@@ -134,6 +134,47 @@ def _parse_log_format(text: str) -> str:
     return text
 
 
+@attrs.frozen
+class PreloadSpec:
+    """One model to pull (when missing) and load before the server reports ready."""
+
+    name: str
+    #: seconds; ``FOREVER`` keeps it loaded (the default: a preloaded model is there to stay).
+    keep_alive: float = FOREVER
+
+
+def parse_preload(text: str) -> tuple[PreloadSpec, ...]:
+    """``TRILLAMA_PRELOAD``: ``name[=keep_alive],…``, e.g. ``smollm2:135m,host:5000/lib/m:q4=30m``.
+
+    ``=`` cannot occur in a model name, so it separates the optional keep-alive (Ollama's duration
+    grammar: ``30m``, ``3600``, ``-1`` for forever) without clashing with a registry's ``host:port``.
+    """
+    out: list[PreloadSpec] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, keep = item.partition("=")
+        name = name.strip()
+        if not name:
+            raise ValueError(f"no model name in {item!r}")
+        try:
+            from trillama.store.names import ModelName
+
+            ModelName.parse(name)
+        except Exception:
+            raise ValueError(f"invalid model name {name!r}") from None
+        out.append(PreloadSpec(name, _parse_duration(keep.strip()) if sep else FOREVER))
+    return tuple(out)
+
+
+def _parse_seconds(text: str) -> float:
+    seconds = _parse_duration(text)
+    if seconds == FOREVER:
+        raise ValueError("must not be negative")
+    return seconds
+
+
 def _default_threads() -> int:
     # Lazily: actors/ imports this module. Physical cores within CPU affinity and cgroup quota.
     from trillama.actors.cpu import default_threads
@@ -169,6 +210,12 @@ class Settings:
     bundled_model: bool = True
     #: trillama: ``console`` (human) or ``json`` log lines.
     log_format: str = "console"
+    #: trillama: models to pull when missing and load before readiness turns 200 (``TRILLAMA_PRELOAD``).
+    preload: tuple[PreloadSpec, ...] = ()
+    #: trillama: preload pulls may use plain HTTP / unverified TLS (a local registry).
+    preload_insecure: bool = False
+    #: trillama: on SIGTERM, how long streams in flight may run before the runners stop.
+    drain_seconds: float = 30.0
     #: The ed25519 key that signs registry token requests (Ollama's, so a registered key works).
     keypair: Path = attrs.field(factory=lambda: Path.home() / ".ollama" / "id_ed25519")
 
@@ -227,6 +274,9 @@ class Settings:
         read("TRILLAMA_NUM_THREADS", "num_threads", _parse_uint)
         read("TRILLAMA_BUNDLED_MODEL", "bundled_model", _parse_bool)
         read("TRILLAMA_LOG_FORMAT", "log_format", _parse_log_format)
+        read("TRILLAMA_PRELOAD", "preload", parse_preload)
+        read("TRILLAMA_PRELOAD_INSECURE", "preload_insecure", _parse_bool)
+        read("TRILLAMA_DRAIN_SECONDS", "drain_seconds", _parse_seconds)
         return cls(**values)  # type: ignore[arg-type]
 
     def as_log_fields(self) -> dict[str, object]:
@@ -236,4 +286,6 @@ class Settings:
         fields["keypair"] = str(self.keypair)
         fields["origins"] = list(self.allowed_origins)
         fields["keep_alive"] = "forever" if self.keep_alive == FOREVER else self.keep_alive
+        fields["preload"] = [p.name if p.keep_alive == FOREVER else f"{p.name}={p.keep_alive}"
+                             for p in self.preload]
         return fields

@@ -1,15 +1,18 @@
 """``trillama serve``: the store, the scheduler actor, the registry service and the HTTP server in
 one Trio nursery.
 
-Structured concurrency gives shutdown for free: SIGINT/SIGTERM stops hypercorn from accepting,
-lets in-flight responses end (or cancels them after a grace period), then the scheduler stops every
-runner process before the nursery closes; downloads still running are cancelled and keep their
-partial files for the next pull. Nothing outlives ``serve()``.
+Structured concurrency gives shutdown for free: SIGINT/SIGTERM first drains (readiness 503, new
+work refused with 503 and ``Retry-After``, requests in flight run for up to
+``TRILLAMA_DRAIN_SECONDS``; see ``trillama/lifecycle.py``), then stops hypercorn from accepting,
+lets what is left end (or cancels it after a short grace), then the scheduler stops every runner
+process before the nursery closes; a second signal cancels everything at once. Downloads still
+running are cancelled and keep their partial files for the next pull. Nothing outlives ``serve()``.
 """
 
 from __future__ import annotations
 
 import signal
+from functools import partial
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -20,7 +23,9 @@ from trillama.actors.scheduler import Scheduler
 from trillama.api.app import create_app
 from trillama.api.context import Services
 from trillama.config import Settings
+from trillama.lifecycle import Lifecycle
 from trillama.logs import configure_logging, get_logger
+from trillama.preload import preload_models
 from trillama.registry import Registry
 from trillama.store import ModelStore
 
@@ -51,14 +56,26 @@ async def serve(settings: Settings) -> None:
     log.info("config", **settings.as_log_fields())
     store = await trio.to_thread.run_sync(prepare_store, settings)
     shutdown = trio.Event()
+    lifecycle = Lifecycle(spec.name for spec in settings.preload)
 
-    async def watch_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def watch_signals(nursery: trio.Nursery, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """First SIGTERM/SIGINT: drain, then stop. A second one: stop at once."""
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             task_status.started()
             async for signum in signals:
-                log.info("shutdown_requested", signal=signal.Signals(signum).name)
-                shutdown.set()
-                return
+                name = signal.Signals(signum).name
+                if not lifecycle.draining:
+                    log.info("shutdown_requested", signal=name, drain_seconds=settings.drain_seconds)
+                    lifecycle.begin_drain()  # readiness turns 503 before anything else runs
+                    nursery.start_soon(drain_then_stop)
+                else:
+                    log.warning("shutdown_forced", signal=name, in_flight=lifecycle.in_flight)
+                    nursery.cancel_scope.cancel()
+                    return
+
+    async def drain_then_stop() -> None:
+        await lifecycle.drain(settings.drain_seconds)
+        shutdown.set()
 
     config = HypercornConfig()
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
@@ -69,12 +86,17 @@ async def serve(settings: Settings) -> None:
     config.keep_alive_timeout = 75.0
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(watch_signals)
+        await nursery.start(watch_signals, nursery)
         scheduler = Scheduler(settings, store)
         await nursery.start(scheduler.run)
         registry = Registry(store, settings.keypair, noprune=settings.noprune)
         await nursery.start(registry.run)
-        app = create_app(Services(settings=settings, store=store, scheduler=scheduler, registry=registry))
+        app = create_app(Services(settings=settings, store=store, scheduler=scheduler, registry=registry,
+                                  lifecycle=lifecycle))
+        if settings.preload:
+            nursery.start_soon(partial(preload_models, settings.preload, store=store, registry=registry,
+                                       scheduler=scheduler, lifecycle=lifecycle,
+                                       insecure=settings.preload_insecure))
         log.info("listening", host=settings.host, port=settings.port)
         await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait)
         log.info("http_stopped")

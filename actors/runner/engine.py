@@ -296,15 +296,26 @@ class Engine:
         self.n_threads = n
 
     def slot_states(self) -> list[dict]:
-        return [
-            {
+        """Each slot's bookkeeping, and the KV cells llama.cpp itself holds for its sequence.
+
+        ``n_cells`` is read from the context's memory (the span of positions the sequence
+        occupies), not from ``cached``: the gateway metrics report real cache use, and a test can
+        hold the two against each other. ``n_ctx`` is the sequence's share of the cells.
+        """
+        n_ctx_seq = int(L.llama_n_ctx_seq(self.ctx))
+        out = []
+        for s in self.slots:
+            top = int(L.llama_memory_seq_pos_max(self.mem, s.seq))
+            bottom = int(L.llama_memory_seq_pos_min(self.mem, s.seq))
+            out.append({
                 "seq": s.seq,
                 "busy": s.job is not None,
                 "job_id": s.job.job_id if s.job is not None else None,
                 "n_cached": len(s.cached),
-            }
-            for s in self.slots
-        ]
+                "n_cells": top - bottom + 1 if top >= 0 else 0,
+                "n_ctx": n_ctx_seq,
+            })
+        return out
 
     def _cancel(self, job_id: str) -> None:
         for job in self.queue:

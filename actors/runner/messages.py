@@ -147,6 +147,9 @@ class SlotState:
     busy: bool
     job_id: str | None
     n_cached: int
+    #: KV cells llama.cpp holds for this sequence, and the cells the sequence may use
+    n_cells: int = 0
+    n_ctx: int = 0
 
 
 @attrs.frozen
