@@ -170,6 +170,10 @@ class Settings:
     bundled_model: bool = True
     #: trillama: ``console`` (human) or ``json`` log lines.
     log_format: str = "console"
+    #: trillama: memory for stored ``/v1/responses`` replies (``previous_response_id``); 0 = keep none.
+    responses_store_size: int = 64 * 2**20
+    #: trillama: how long a stored response can be retrieved or continued, in seconds.
+    responses_store_ttl: float = 3600.0
     #: The ed25519 key that signs registry token requests (Ollama's, so a registered key works).
     keypair: Path = attrs.field(factory=lambda: Path.home() / ".ollama" / "id_ed25519")
 
@@ -228,6 +232,8 @@ class Settings:
         read("TRILLAMA_NUM_THREADS", "num_threads", _parse_uint)
         read("TRILLAMA_BUNDLED_MODEL", "bundled_model", _parse_bool)
         read("TRILLAMA_LOG_FORMAT", "log_format", _parse_log_format)
+        read("TRILLAMA_RESPONSES_STORE_SIZE", "responses_store_size", parse_byte_size)
+        read("TRILLAMA_RESPONSES_STORE_TTL", "responses_store_ttl", _parse_duration)
         return cls(**values)  # type: ignore[arg-type]
 
     def as_log_fields(self) -> dict[str, object]:
