@@ -78,8 +78,8 @@ def test_instructions_items_and_incomplete(oai: OpenAI) -> None:
                {"type": "message", "role": "user",
                 "content": [{"type": "input_text", "text": "Write a long story"},
                             {"type": "input_text", "text": "about a cat."}]}],
-        max_output_tokens=3, temperature=0, extra_body={"keep_alive": "5m"})
-    assert out.status == "incomplete"
+        max_output_tokens=3, temperature=0, reasoning={"effort": "none"}, extra_body={"keep_alive": "5m"})
+    assert out.status == "incomplete" and out.reasoning.effort == "none"
     assert out.incomplete_details is not None and out.incomplete_details.reason == "max_output_tokens"
     assert out.instructions == "Answer at length." and out.max_output_tokens == 3
     assert out.usage is not None and out.usage.output_tokens == 3
@@ -243,6 +243,9 @@ def test_errors_raise_the_sdk_classes(oai: OpenAI, resp_server: ServerProcess) -
         oai.responses.create(model=SMOL, input="hi", max_output_tokens=0)
     with pytest.raises(openai.BadRequestError):
         oai.responses.create(model=SMOL, input="hi", reasoning={"effort": "enormous"})
+    with pytest.raises(openai.BadRequestError) as exc:
+        oai.responses.create(model=SMOL, input="hi", reasoning={"effort": "high"})
+    assert "does not support thinking" in exc.value.message
     with pytest.raises(openai.BadRequestError):
         oai.responses.create(model="", input="hi")
     with pytest.raises(openai.BadRequestError):

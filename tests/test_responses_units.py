@@ -339,3 +339,43 @@ def test_store_settings_from_the_environment() -> None:
     assert custom.responses_store_size == 2**20 and custom.responses_store_ttl == 600
     with pytest.raises(ConfigError, match="TRILLAMA_RESPONSES_STORE_TTL"):
         Settings.from_env({"TRILLAMA_RESPONSES_STORE_TTL": "soon"})
+
+
+async def test_a_failure_mid_stream_ends_with_error_and_failed_events() -> None:
+    from trillama.api.openai.responses import _stream
+
+    builder = _builder()
+
+    async def events():
+        for event in builder.start():
+            yield event
+        for event in builder.feed(Delta(content="Hi")):
+            yield event
+        raise APIError(500, "model runner has unexpectedly stopped")
+
+    response = await _stream(events(), builder)
+    assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    chunks = []
+    async with response.response as body:
+        async for chunk in body:
+            chunks.append(chunk)
+    raw = b"".join(chunks)
+    names = [line[len(b"event: "):].decode() for line in raw.split(b"\n") if line.startswith(b"event: ")]
+    assert names == ["response.created", "response.in_progress", "response.output_item.added",
+                     "response.content_part.added", "response.output_text.delta", "error", "response.failed"]
+    datas = [json.loads(line[len(b"data: "):]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    assert [d["sequence_number"] for d in datas] == list(range(7))
+    assert datas[-2]["message"] == "model runner has unexpectedly stopped"
+    assert datas[-1]["response"]["status"] == "failed"
+
+
+async def test_an_error_before_the_first_event_is_raised() -> None:
+    from trillama.api.openai.responses import _stream
+
+    async def events():
+        raise APIError(503, "server busy")
+        yield {}  # pragma: no cover
+
+    with pytest.raises(APIError) as exc:
+        await _stream(events(), _builder())
+    assert exc.value.status == 503
