@@ -379,3 +379,50 @@ async def test_an_error_before_the_first_event_is_raised() -> None:
     with pytest.raises(APIError) as exc:
         await _stream(events(), _builder())
     assert exc.value.status == 503
+
+
+# ----------------------------------------------------------------------------- prefix reuse, as text
+async def test_a_continued_prompt_starts_with_the_previous_prompt_and_answer(monkeypatch, smollm2_gguf) -> None:
+    """Why ``previous_response_id`` reuses the runner's cache: turn 2's rendered prompt (SmolLM2's
+    own chat template, through the real renderer) begins with turn 1's prompt followed by the
+    answer, so the slot's cached tokens are a prefix of the new prompt."""
+    import attrs
+
+    from trillama.api.openai import responses_input
+    from trillama.api.openai.messages import native_messages
+    from trillama.api.prompting import build_chat_prompt
+    from trillama.store.gguf_info import read_gguf_info
+
+    info = read_gguf_info(smollm2_gguf)
+
+    @attrs.frozen
+    class Record:
+        capabilities: tuple[str, ...] = ("completion",)
+        template: str | None = None
+        system: str | None = None
+        messages: tuple = ()
+
+        def gguf_info(self):
+            return info
+
+    async def count(text: str) -> list[int]:
+        return [0] * len(text)
+
+    async def render(plan) -> str:
+        prompt = await build_chat_prompt(Record(), native_messages(plan.chat.messages), tools=None, think=None,
+                                         truncate=True, num_ctx=100_000, count_tokens=count)
+        return prompt.text
+
+    monkeypatch.setattr(responses_input, "plan_chat", lambda chat: chat)  # keep the chat request itself
+    first = responses_input.plan_response(
+        responses_input.ResponsesRequest(model="m", instructions="Be terse.", input="Remember 42."))
+    builder = _builder()
+    builder.feed(Delta(content="OK, 42."))
+    builder.finish(_done())
+    history = first.conversation + [builder.assistant_message()]
+    second = responses_input.plan_response(
+        responses_input.ResponsesRequest(model="m", instructions="Be terse.", input="Which number?"), history)
+    turn1, turn2 = await render(first), await render(second)
+    assert "Remember 42." in turn1 and "Be terse." in turn1
+    assert turn2.startswith(turn1 + "OK, 42."), (turn1, turn2)
+    assert "Which number?" in turn2[len(turn1):]
