@@ -84,6 +84,13 @@ def test_instructions_items_and_incomplete(oai: OpenAI) -> None:
     assert out.instructions == "Answer at length." and out.max_output_tokens == 3
     assert out.usage is not None and out.usage.output_tokens == 3
     assert out.output[0].status == "incomplete"
+    # the input as stored, newest first unless asked otherwise, each item with an id
+    listed = oai.responses.input_items.list(out.id, order="asc")
+    assert [item.role for item in listed.data] == ["developer", "user"]
+    assert listed.data[0].content[0].text == "Use plain words." and listed.data[1].id.startswith("msg_")
+    assert [item.role for item in oai.responses.input_items.list(out.id).data] == ["user", "developer"]
+    page = oai.responses.input_items.list(out.id, limit=1)
+    assert len(page.data) == 1 and page.has_more
 
 
 def test_streaming_with_the_sdk_helpers(oai: OpenAI) -> None:

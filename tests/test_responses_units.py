@@ -20,6 +20,7 @@ from trillama.api.openai.responses_input import (
     chat_tool_choice,
     chat_tools,
     input_messages,
+    listed_items,
 )
 from trillama.api.openai.responses_output import ReplyContext, ResponseBuilder
 
@@ -326,8 +327,22 @@ def test_store_can_be_off() -> None:
 
 def test_stored_size_counts_json() -> None:
     store = ResponseStore(max_bytes=10_000, ttl=60, clock=_Clock())
-    store.put("a", {"k": "é"}, [{"role": "user"}])
-    assert store.bytes_used == len(json.dumps({"k": "é"}, ensure_ascii=False)) + len(json.dumps([{"role": "user"}]))
+    store.put("a", {"k": "é"}, [{"role": "user"}], [{"id": "msg_1"}])
+    assert store.bytes_used == (len(json.dumps({"k": "é"}, ensure_ascii=False)) + len(json.dumps([{"role": "user"}]))
+                                + len(json.dumps([{"id": "msg_1"}])))
+    assert store.get("a").input_items == ({"id": "msg_1"},)
+
+
+def test_listed_items_spell_out_the_short_forms() -> None:
+    (only,) = listed_items("hi")
+    assert only["id"].startswith("msg_") and only["status"] == "completed"
+    assert {k: v for k, v in only.items() if k != "id"} == {
+        "type": "message", "role": "user", "status": "completed", "content": [{"type": "input_text", "text": "hi"}]}
+    items = listed_items([{"role": "assistant", "content": "ok"},
+                          {"type": "function_call", "id": "fc_mine", "call_id": "c", "name": "f", "arguments": "{}"},
+                          {"type": "function_call_output", "call_id": "c", "output": "x"}])
+    assert items[0]["type"] == "message" and items[0]["content"] == [{"type": "output_text", "text": "ok"}]
+    assert items[1]["id"] == "fc_mine" and items[2]["id"].startswith("fco_")
 
 
 def test_store_settings_from_the_environment() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import attrs
 
@@ -39,6 +39,8 @@ class StoredResponse:
     conversation: tuple[dict[str, Any], ...]
     size: int
     expires_at: float
+    #: this turn's input items as sent, each with an ``id`` (``GET …/input_items``)
+    input_items: tuple[dict[str, Any], ...] = ()
 
 
 class ResponseStore:
@@ -62,17 +64,19 @@ class ResponseStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, ident: str, body: dict[str, Any], conversation: list[dict[str, Any]]) -> bool:
+    def put(self, ident: str, body: dict[str, Any], conversation: Sequence[dict[str, Any]],
+            input_items: Sequence[dict[str, Any]] = ()) -> bool:
         """Keep a response; ``False`` when storing is off or the entry alone is over the cap."""
         if not self.enabled:
             return False
-        size = len(json.dumps(body, ensure_ascii=False)) + len(json.dumps(conversation, ensure_ascii=False))
+        size = sum(len(json.dumps(part, ensure_ascii=False)) for part in (body, list(conversation), list(input_items)))
         if size > self.max_bytes:
             log.info("response_not_stored", id=ident, size=size, max_bytes=self.max_bytes)
             return False
         self._expire()
         self._drop(ident)
-        self._entries[ident] = StoredResponse(ident, body, tuple(conversation), size, self._clock() + self.ttl)
+        self._entries[ident] = StoredResponse(ident, body, tuple(conversation), size, self._clock() + self.ttl,
+                                              tuple(input_items))
         self._bytes += size
         while self._bytes > self.max_bytes:
             oldest = next(iter(self._entries))

@@ -3,7 +3,7 @@
 A request is translated into a chat plan (:mod:`.responses_input`), run on the chat path
 (:func:`~trillama.api.openai.chat.chat_events`, the one inference path), and shaped into a reply
 by :mod:`.responses_output`. Unlike Ollama, which refuses them, ``store`` and
-``previous_response_id`` work: replies are kept in a bounded memory store
+``previous_response_id`` work (and ``GET …/input_items``): replies are kept in a bounded memory store
 (:mod:`.response_store`; ``TRILLAMA_RESPONSES_STORE_SIZE`` and ``TRILLAMA_RESPONSES_STORE_TTL``),
 and a continued response renders the stored conversation first, so its prompt starts with the
 previous turn's prompt and answer and the runner reuses that cached prefix.
@@ -72,7 +72,8 @@ def _context(req: ResponsesRequest, plan: ResponsePlan, store: bool) -> ReplyCon
 
 def _keep(store: ResponseStore, builder: ResponseBuilder, plan: ResponsePlan) -> None:
     if builder.ctx.store:
-        store.put(builder.ctx.id, builder.response(), plan.conversation + [builder.assistant_message()])
+        store.put(builder.ctx.id, builder.response(), plan.conversation + [builder.assistant_message()],
+                  plan.input_items)
 
 
 async def _events(builder: ResponseBuilder, deltas: AsyncIterator[Delta | Done], on_done: Any
@@ -157,6 +158,38 @@ async def retrieve_response(ident: str) -> Response:
     if stored is None:
         raise _not_found(ident)
     return json_response(stored.body)
+
+
+@blueprint.get("/v1/responses/<ident>/input_items")
+async def list_input_items(ident: str) -> Response:
+    """A stored response's input items, paged as OpenAI pages them (``order`` ``desc`` by default,
+    ``limit`` 1–100, default 20, ``after`` an item id)."""
+    stored = response_store().get(ident)
+    if stored is None:
+        raise _not_found(ident)
+    order = request.args.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise OpenAIError(400, f"Invalid value: '{order}'. Supported values are: 'asc' and 'desc'.", param="order",
+                          code="invalid_value")
+    raw_limit = request.args.get("limit", "20")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+        raise OpenAIError(400, f"Invalid 'limit': expected an integer from 1 to 100, got '{raw_limit}'.",
+                          param="limit", code="invalid_value")
+    items = list(stored.input_items)
+    if order == "desc":
+        items.reverse()
+    start = 0
+    after = request.args.get("after")
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise OpenAIError(400, f"No input item with id '{after}' in response '{ident}'.", param="after",
+                              code="invalid_value")
+        start = ids.index(after) + 1
+    page = items[start:start + int(raw_limit)]
+    return json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                          "last_id": page[-1]["id"] if page else None,
+                          "has_more": start + len(page) < len(items)})
 
 
 @blueprint.delete("/v1/responses/<ident>")

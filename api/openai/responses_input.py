@@ -15,6 +15,7 @@ offending ``param``, raised before a model is touched.
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any, Mapping, Sequence
 
 import attrs
@@ -22,7 +23,7 @@ import attrs
 from trillama.api.openai.chat import ChatCompletionRequest, ChatPlan, plan_chat
 from trillama.api.openai.common import OpenAIError, json_type
 
-__all__ = ["ResponsesRequest", "ResponsePlan", "input_messages", "chat_tools", "chat_tool_choice",
+__all__ = ["ResponsesRequest", "ResponsePlan", "input_messages", "listed_items", "chat_tools", "chat_tool_choice",
            "chat_response_format", "plan_response"]
 
 #: Item types this server reads; anything else is a 400 that lists them.
@@ -67,6 +68,8 @@ class ResponsePlan:
     conversation: list[dict[str, Any]]
     #: the tool choice as the reply echoes it
     tool_choice: Any
+    #: this turn's input items as ``GET /v1/responses/{id}/input_items`` lists them
+    input_items: list[dict[str, Any]] = attrs.Factory(list)
 
 
 def _invalid(message: str, param: str | None, code: str | None = "invalid_value") -> OpenAIError:
@@ -225,6 +228,29 @@ def input_messages(raw: Any, known_calls: Sequence[str] = ()) -> list[dict[str, 
     return messages
 
 
+_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+
+
+def listed_items(raw: Any) -> list[dict[str, Any]]:
+    """Validated ``input`` as OpenAI lists it back: full items, each with its ``type`` and an ``id``
+    (the short forms — a bare string, ``{"role", "content"}``, string content — spelled out)."""
+    if isinstance(raw, str):
+        raw = [{"type": "message", "role": "user", "content": raw}]
+    items = []
+    for source in raw or ():
+        item = dict(source)
+        kind = item.setdefault("type", "message")
+        if kind == "message":
+            if isinstance(item.get("content"), str):
+                part = "output_text" if item.get("role") == "assistant" else "input_text"
+                item["content"] = [{"type": part, "text": item["content"]}]
+            item.setdefault("status", "completed")
+        if not isinstance(item.get("id"), str) or not item["id"]:
+            item["id"] = f"{_ID_PREFIX.get(kind, 'item')}_{secrets.token_hex(24)}"
+        items.append(item)
+    return items
+
+
 def calls_in(conversation: Sequence[Mapping[str, Any]]) -> list[str]:
     """The call ids of a conversation's assistant tool calls."""
     return [call["id"] for message in conversation for call in message.get("tool_calls") or ()
@@ -332,4 +358,5 @@ def plan_response(req: ResponsesRequest, history: Sequence[Mapping[str, Any]] = 
         max_completion_tokens=req.max_output_tokens, temperature=req.temperature, top_p=req.top_p,
         options=req.options, keep_alive=req.keep_alive)
     return ResponsePlan(chat=plan_chat(chat), conversation=conversation,
-                        tool_choice=req.tool_choice if req.tool_choice is not None else "auto")
+                        tool_choice=req.tool_choice if req.tool_choice is not None else "auto",
+                        input_items=listed_items(req.input))
