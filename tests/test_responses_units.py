@@ -441,3 +441,61 @@ async def test_a_continued_prompt_starts_with_the_previous_prompt_and_answer(mon
     assert "Remember 42." in turn1 and "Be terse." in turn1
     assert turn2.startswith(turn1 + "OK, 42."), (turn1, turn2)
     assert "Which number?" in turn2[len(turn1):]
+
+
+# ----------------------------------------------------------------------------- the routes, without a model
+@pytest.fixture
+def app(tmp_path):
+    from trillama.actors.prompt.inspector import GoTemplateInspector
+    from trillama.api.app import create_app
+    from trillama.api.context import Services
+    from trillama.config import Settings
+    from trillama.store import ModelStore
+
+    settings = Settings(models_dir=tmp_path / "models", bundled_model=False, responses_store_size=10_000,
+                        responses_store_ttl=60)
+    return create_app(Services(settings=settings, store=ModelStore(tmp_path / "models",
+                                                                   templates=GoTemplateInspector())))
+
+
+async def _request(app, method: str, path: str, body=None):
+    response = await app.test_client().open(path, method=method, json=body)
+    return response.status_code, json.loads(await response.get_data())
+
+
+async def test_store_routes_page_and_refuse(app) -> None:
+    store = app.extensions["trillama.responses"]
+    assert store.max_bytes == 10_000 and store.ttl == 60  # sized from the settings
+    items = listed_items([{"role": "user", "content": str(n)} for n in range(5)])
+    store.put("resp_a", {"id": "resp_a", "object": "response"}, [], items)
+    assert await _request(app, "GET", "/v1/responses/resp_a") == (200, {"id": "resp_a", "object": "response"})
+
+    status, page = await _request(app, "GET", "/v1/responses/resp_a/input_items?limit=2")
+    assert status == 200 and [i["content"][0]["text"] for i in page["data"]] == ["4", "3"]
+    assert page["has_more"] is True and page["first_id"] == items[4]["id"] and page["last_id"] == items[3]["id"]
+    status, page = await _request(app, "GET", f"/v1/responses/resp_a/input_items?order=asc&after={items[2]['id']}")
+    assert [i["content"][0]["text"] for i in page["data"]] == ["3", "4"] and page["has_more"] is False
+
+    for query, param in (("order=up", "order"), ("limit=0", "limit"), ("limit=x", "limit"), ("after=msg_no", "after")):
+        status, body = await _request(app, "GET", f"/v1/responses/resp_a/input_items?{query}")
+        assert status == 400 and body["error"]["param"] == param and body["error"]["type"] == "invalid_request_error"
+
+    assert await _request(app, "DELETE", "/v1/responses/resp_a") == (
+        200, {"id": "resp_a", "object": "response.deleted", "deleted": True})
+    for method, path in (("GET", "/v1/responses/resp_a"), ("DELETE", "/v1/responses/resp_a"),
+                         ("GET", "/v1/responses/resp_a/input_items")):
+        status, body = await _request(app, method, path)
+        assert status == 404 and body["error"]["type"] == "not_found_error", (method, path, body)
+
+
+async def test_bad_bodies_are_400s_before_any_model(app) -> None:
+    # no scheduler here: each of these must be refused while validating
+    for body, param in (({"model": "m", "input": "hi", "previous_response_id": "resp_gone"}, "previous_response_id"),
+                        ({"model": "m", "input": [{"type": "bogus"}]}, "input[0].type"),
+                        ({"model": "m", "input": "hi", "max_output_tokens": -1}, "max_output_tokens"),
+                        ({"model": "m", "input": "hi", "background": True}, "background"),
+                        ({"model": "m"}, "input")):
+        status, out = await _request(app, "POST", "/v1/responses", body)
+        assert status == 400 and out["error"]["param"] == param, (body, out)
+    status, out = await _request(app, "POST", "/v1/responses", {"model": "m", "input": "hi", "store": "yes"})
+    assert status == 400 and "store" in out["error"]["message"]
