@@ -216,6 +216,10 @@ class Settings:
     preload_insecure: bool = False
     #: trillama: on SIGTERM, how long streams in flight may run before the runners stop.
     drain_seconds: float = 30.0
+    #: trillama: memory for stored ``/v1/responses`` replies (``previous_response_id``); 0 = keep none.
+    responses_store_size: int = 64 * 2**20
+    #: trillama: how long a stored response can be retrieved or continued, in seconds.
+    responses_store_ttl: float = 3600.0
     #: The ed25519 key that signs registry token requests (Ollama's, so a registered key works).
     keypair: Path = attrs.field(factory=lambda: Path.home() / ".ollama" / "id_ed25519")
 
@@ -277,6 +281,8 @@ class Settings:
         read("TRILLAMA_PRELOAD", "preload", parse_preload)
         read("TRILLAMA_PRELOAD_INSECURE", "preload_insecure", _parse_bool)
         read("TRILLAMA_DRAIN_SECONDS", "drain_seconds", _parse_seconds)
+        read("TRILLAMA_RESPONSES_STORE_SIZE", "responses_store_size", parse_byte_size)
+        read("TRILLAMA_RESPONSES_STORE_TTL", "responses_store_ttl", _parse_duration)
         return cls(**values)  # type: ignore[arg-type]
 
     def as_log_fields(self) -> dict[str, object]:

@@ -1,6 +1,7 @@
-"""OpenAI-compatible routes under ``/v1``: chat completions, completions, embeddings, models.
+"""OpenAI-compatible routes under ``/v1``: chat completions, completions, embeddings, models, responses.
 
-One module per endpoint family (``chat``, ``completions``, ``embeddings``, ``models``), with
+One module per endpoint family (``chat``, ``completions``, ``embeddings``, ``models``,
+``responses`` with its ``responses_input``, ``responses_output`` and ``response_store``), with
 ``common`` (the blueprint, shared fields and helpers), ``messages`` and ``tools`` shared by them.
 
 Why a translation layer and not a second server: half of the ecosystem (the ``openai`` SDKs,
@@ -20,7 +21,7 @@ Errors are raised as :class:`~trillama.api.errors.APIError`; the app renders the
 from __future__ import annotations
 
 # Importing the route modules registers their routes on the shared blueprint.
-from trillama.api.openai import chat, completions, embeddings, models  # noqa: F401
+from trillama.api.openai import chat, completions, embeddings, models, responses  # noqa: F401
 from trillama.api.openai.chat import ChatCompletionRequest
 from trillama.api.openai.common import blueprint, stop_list
 from trillama.api.openai.completions import CompletionRequest

@@ -17,7 +17,7 @@ from trillama.actors.runner.messages import Done
 from trillama.actors.structured import FormatError, grammar_for_format
 from trillama.api.completion import coerce_request_options
 from trillama.api.errors import APIError, openai_error_body
-from trillama.api.streaming import sse_response
+from trillama.api.streaming import json_response, sse_response
 
 __all__ = [
     "blueprint",
@@ -35,10 +35,38 @@ __all__ = [
     "finish_reason",
     "top_logprobs_count",
     "sse",
+    "OpenAIError",
+    "error_body",
 ]
 
 blueprint = Blueprint("openai", __name__)
 
+
+@attrs.define(eq=False)
+class OpenAIError(APIError):
+    """An :class:`APIError` that also fills OpenAI's ``param`` and ``code``.
+
+    Clients branch on them (``code: "previous_response_not_found"`` is how agents notice a lost
+    conversation), so the Responses route names the offending field instead of leaving both null.
+    """
+
+    param: str | None = None
+    code: str | None = None
+
+
+def error_body(exc: APIError) -> dict[str, Any]:
+    """OpenAI's error object for ``exc``, with ``param`` and ``code`` when it carries them."""
+    body = openai_error_body(exc)
+    if isinstance(exc, OpenAIError):
+        body["error"]["param"] = exc.param
+        body["error"]["code"] = exc.code
+    return body
+
+
+@blueprint.errorhandler(OpenAIError)
+async def _openai_error(exc: OpenAIError) -> Response:
+    # Only this subclass: every other APIError keeps the app-wide rendering.
+    return json_response(error_body(exc), status=exc.status, headers=dict(exc.headers))
 
 SYSTEM_FINGERPRINT = "fp_ollama"
 MAX_TOP_LOGPROBS = 20
