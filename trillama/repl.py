@@ -23,8 +23,6 @@ from trillama.client_cli import CLIError, _check, cmd_list, with_images
 from trillama.gofmt import go_v
 from trillama.runcmd import RunOptions, answer, load
 from trillama.showinfo import format_show
-from trillama.store.errors import InvalidRequest
-from trillama.store.options import parse_parameter
 from trillama.termout import summary_lines
 
 __all__ = ["Repl", "HELP", "HELP_SET", "HELP_SHOW", "HELP_SHORTCUTS", "HELP_PARAMETERS"]
@@ -288,6 +286,9 @@ class Repl:
             if len(args) < 4:
                 err(HELP_PARAMETERS + "\n")
                 return None
+            from trillama.store.errors import InvalidRequest  # the store is slow to import: only now
+            from trillama.store.options import parse_parameter
+
             name, values = args[2], args[3:]
             try:
                 typed = [parse_parameter(name, v) for v in values]
