@@ -325,7 +325,7 @@ class Repl:
     def _warn_thinking(self) -> None:
         shown = self.client.post("/api/show", json={"model": self.opts.model})
         if shown.status_code == 200 and "thinking" not in (shown.json().get("capabilities") or []):
-            print(f"warning: model \"{self.opts.model}\" does not support thinking output")
+            print(f"warning: model \"{self.opts.model}\" does not support thinking output", file=sys.stderr)
 
     def _show(self, args: list[str]) -> None:
         if len(args) < 2:
