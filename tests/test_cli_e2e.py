@@ -171,6 +171,10 @@ def test_repl_session_command_by_command(server: ServerProcess, env: dict[str, s
     # the saved model runs, carrying the session's system message and parameters
     child = spawn(env, "run", "pirate")
     try:
+        child.expect_exact(PROMPT)
+        child.send("\x1b[A")  # the history outlives the session: the last line of the one before
+        child.expect_exact("/bye")
+        child.sendintr()  # Ctrl+C drops the recalled line
         command(child, "/show system", "You are a pirate.")
         command(child, "/show parameters", "num_predict")
         child.expect_exact(PROMPT)
@@ -246,6 +250,8 @@ def test_ps_then_stop_and_other_commands(env: dict[str, str], server: ServerProc
     while SMOL in cli(env, "ps").stdout and time.monotonic() < deadline:
         time.sleep(0.5)
     assert SMOL not in cli(env, "ps").stdout
+    unknown = cli(env, "stop", "no-such-model")
+    assert unknown.returncode == 1 and unknown.stderr == 'Error: couldn\'t find model "no-such-model" to stop\n'
 
     assert cli(env, "cp", SMOL, "copied:one").stdout == "copied 'smollm2:135m' to 'copied:one'\n"
     listed = cli(env, "list")
