@@ -130,3 +130,40 @@ def test_bundled_template_renders_tools_calls_and_results() -> None:
     assert "<|im_start|>user\n<tool_response>\n12 C and rain\n</tool_response><|im_end|>\n" in text
     assert text.endswith("<|im_start|>assistant\n")
     assert tool_call_tag(bundled.BUNDLED_TEMPLATE) == "<tool_call>"
+
+
+def test_default_model_calls_tools_on_v1_and_on_the_native_api(start_server) -> None:
+    """End to end on the store the server seeded itself: the bundled model calls a tool."""
+    import json
+
+    import httpx
+    from openai import OpenAI
+
+    server = start_server()
+    oai = OpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0, timeout=300)
+    forced = oai.chat.completions.create(
+        model="smollm2:135m", messages=[{"role": "user", "content": "What is the weather in Oslo?"}],
+        tools=[WEATHER], tool_choice="required", max_tokens=40, temperature=0)
+    choice = forced.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+
+    # the native `tools` field: earlier calls in the conversation (rendered by the template) show
+    # the model the format, and its <tool_call> answer comes back as tool_calls
+    history = []
+    for city in ("Paris", "Rome"):
+        history += [{"role": "user", "content": f"Weather in {city}?"},
+                    {"role": "assistant", "content": "",
+                     "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": city}}}]}]
+    body = {"model": "smollm2:135m", "stream": False, "tools": [WEATHER],
+            "options": {"temperature": 0, "num_predict": 30},
+            "messages": [{"role": "system", "content": "Always answer by calling a function."}, *history,
+                         {"role": "user", "content": "Weather in Oslo?"}]}
+    with httpx.Client(base_url=server.base_url, timeout=300) as http:
+        reply = http.post("/api/chat", json=body).json()
+    calls = reply["message"].get("tool_calls")
+    assert calls, reply
+    assert calls[0]["function"] == {"index": 0, "name": "get_weather", "arguments": {"city": "Oslo"}}
+    assert reply["message"]["content"] == ""

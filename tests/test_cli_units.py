@@ -172,6 +172,10 @@ def test_run_options_body():
     assert opts.body() == {"model": "m", "format": "json", "options": {"num_predict": 3}, "think": False,
                            "keep_alive": "1m"}
     assert RunOptions(model="m").body() == {"model": "m"}
+    schema = RunOptions(model="m", format='{"type": "object"}').body()["format"]
+    assert schema == {"type": "object"}  # a schema given as text is sent as JSON
+    with pytest.raises(CLIError, match="invalid format"):
+        RunOptions(model="m", format="{nope").body()
 
 
 # ----------------------------------------------------------------------------- the REPL's commands

@@ -108,6 +108,8 @@ def test_the_cli_pushes_pulls_and_runs_a_model_it_lacks(registry, pair, tmp_path
 
     cli(a, "create", name, "-f", "Modelfile")
     pushed = cli(a, "push", "--insecure", name).stdout.splitlines()
+    assert pushed[-4:] == ["", "You can find your model at:", "", f"\t{name}"]  # as ollama ends a push
+    pushed = pushed[:-4]
     assert pushed[0] == "retrieving manifest" and pushed[-2:] == ["pushing manifest", "success"]
     assert any(line.startswith("pushing ") and "100%" in line for line in pushed)
     # B lacks the model: `run` pulls it first, as `ollama run` does, then answers

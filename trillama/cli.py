@@ -95,7 +95,13 @@ def _bare_think(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_bare_think(sys.argv[1:] if argv is None else list(argv)))
+    args, rest = parser.parse_known_args(_bare_think(sys.argv[1:] if argv is None else list(argv)))
+    if rest and getattr(args, "command", None) == "run" and not any(r.startswith("-") for r in rest):
+        args.prompt = [*args.prompt, *rest]  # prompt words after a flag (`run m --verbose why`)
+    elif getattr(args, "command", None) == "launch":
+        args.extra = rest  # what follows `--` goes to the agent
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.version:
         return print_version()
     if not getattr(args, "func", None):

@@ -273,13 +273,17 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    from trillama.store import ModelName
+
     try:
-        return _transfer("/api/push", args.model, args.insecure)
+        _transfer("/api/push", args.model, args.insecure)
     except CLIError as exc:
         if "access denied" in str(exc) or "unauthorized" in str(exc):
             raise CLIError("you are not authorized to push to this namespace, create the model under a "
                            "namespace you own") from None
         raise
+    print(f"\nYou can find your model at:\n\n\t{ModelName.parse_lenient(args.model).full}")
+    return 0
 
 
 def _wrap(func):

@@ -157,7 +157,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     integration = INTEGRATIONS[args.integration]
     base = base_url()
     model = args.model or _default_model(base)
-    extra = tuple(a for a in args.extra if a != "--")
+    extra = tuple(getattr(args, "extra", ()))
+    if extra[:1] == ("--",):
+        extra = extra[1:]
     plan = plan_for(integration.name, model, base, extra)
     header = f"{integration.title} → trillama at {base} (model {model})\n\n"
     if args.config:
@@ -179,9 +181,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("launch", help="Launch a coding agent (claude, codex, opencode) against this server",
-                       description="Point a coding agent at this server and start it.")
+                       description="Point a coding agent at this server and start it. "
+                                   "Arguments after -- go to the agent.")
     p.add_argument("integration", choices=sorted(INTEGRATIONS))
     p.add_argument("--model", help="Model the agent uses (default: the newest local model)")
     p.add_argument("--config", action="store_true", help="Only print the environment and command")
-    p.add_argument("extra", nargs=argparse.REMAINDER, help="Arguments after -- go to the agent")
     p.set_defaults(func=cmd_launch)

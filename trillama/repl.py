@@ -23,8 +23,6 @@ from trillama.client_cli import CLIError, _check, cmd_list, with_images
 from trillama.gofmt import go_v
 from trillama.runcmd import RunOptions, answer, load
 from trillama.showinfo import format_show
-from trillama.store.errors import InvalidRequest
-from trillama.store.options import parse_parameter
 from trillama.termout import summary_lines
 
 __all__ = ["Repl", "HELP", "HELP_SET", "HELP_SHOW", "HELP_SHORTCUTS", "HELP_PARAMETERS"]
@@ -288,6 +286,9 @@ class Repl:
             if len(args) < 4:
                 err(HELP_PARAMETERS + "\n")
                 return None
+            from trillama.store.errors import InvalidRequest  # the store is slow to import: only now
+            from trillama.store.options import parse_parameter
+
             name, values = args[2], args[3:]
             try:
                 typed = [parse_parameter(name, v) for v in values]
@@ -324,7 +325,7 @@ class Repl:
     def _warn_thinking(self) -> None:
         shown = self.client.post("/api/show", json={"model": self.opts.model})
         if shown.status_code == 200 and "thinking" not in (shown.json().get("capabilities") or []):
-            print(f"warning: model \"{self.opts.model}\" does not support thinking output")
+            print(f"warning: model \"{self.opts.model}\" does not support thinking output", file=sys.stderr)
 
     def _show(self, args: list[str]) -> None:
         if len(args) < 2:

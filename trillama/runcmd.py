@@ -10,6 +10,7 @@ the request on the server.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any
@@ -47,7 +48,7 @@ class RunOptions:
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model}
         if self.format:
-            body["format"] = self.format
+            body["format"] = _format_value(self.format)
         if self.options:
             body["options"] = dict(self.options)
         if self.think is not None:
@@ -62,6 +63,16 @@ class RunOptions:
         self.multimodal = "vision" in caps or "audio" in caps or bool(info.get("projector_info"))
         self.parent_model = (info.get("details") or {}).get("parent_model", "")
         self.loaded_messages = list(info.get("messages") or [])
+
+
+def _format_value(text: str) -> Any:
+    """``json``, or a JSON schema given as text (``--format '{"type": "object", …}'``)."""
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise CLIError(f"invalid format: {text}") from None
+    return text
 
 
 def parse_think(value: str | None) -> bool | str | None:
@@ -176,8 +187,6 @@ def load(client: httpx.Client, opts: RunOptions) -> None:
 
 
 def _embed(client: httpx.Client, opts: RunOptions, text: str) -> int:
-    import json
-
     if not text:
         raise CLIError(f'embedding models require input text. Usage: trillama run {opts.model} "your text here"')
     body: dict[str, Any] = {"model": opts.model, "input": text}

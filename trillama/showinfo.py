@@ -9,9 +9,15 @@ from __future__ import annotations
 import shlex
 from typing import Any, Iterable
 
-from trillama.store.gguf_info import human_number
-
 __all__ = ["format_show", "human_number"]
+
+
+def human_number(n: int) -> str:
+    """The store's ``HumanNumber``, imported when needed: the store package is slow to import and
+    most ``show`` outputs never need it."""
+    from trillama.store.gguf_info import human_number as store_human_number
+
+    return store_human_number(n)
 
 
 def _number(value: Any) -> str:
