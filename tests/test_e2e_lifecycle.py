@@ -41,7 +41,7 @@ def ready(server: ServerProcess) -> tuple[int, dict]:
 
 def log_events(server: ServerProcess, event: str) -> list[dict]:
     out = []
-    for line in server.log_text().splitlines():
+    for line in server.log_path.read_text(errors="replace").splitlines():
         if f'"{event}"' in line:
             try:
                 out.append(json.loads(line))
