@@ -71,6 +71,9 @@ class ServerProcess:
             "OLLAMA_MODELS": str(models_dir),
             "TRILLAMA_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
+            # a SIGTERM at teardown waits at most this for requests in flight (tests that test the
+            # drain set their own)
+            "TRILLAMA_DRAIN_SECONDS": "5",
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None

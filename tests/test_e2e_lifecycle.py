@@ -41,7 +41,7 @@ def ready(server: ServerProcess) -> tuple[int, dict]:
 
 def log_events(server: ServerProcess, event: str) -> list[dict]:
     out = []
-    for line in server.log_text().splitlines():
+    for line in server.log_path.read_text(errors="replace").splitlines():
         if f'"{event}"' in line:
             try:
                 out.append(json.loads(line))
@@ -216,3 +216,25 @@ def test_metrics_without_preload_still_ready(start_server):
     server = start_server(SLOW)
     assert ready(server) == (200, {"status": "ready", "models": {}})
     assert re.search(r"^# TYPE vllm:num_requests_waiting gauge$", httpx.get(server.base_url + "/metrics").text, re.M)
+
+
+def test_lora_info_names_a_loaded_adapter_model(start_server, tmp_path):
+    from conftest import upload_blob
+    from test_runner_process import write_lora
+
+    server = start_server(SLOW)
+    lora = write_lora(tmp_path / "tuned.gguf", 0.0)
+    with server.client() as client:
+        digest = upload_blob(client, lora)
+        r = client.post("/api/create", json={"model": "smol-tuned", "from": MODEL,
+                                             "adapters": {"tuned.gguf": digest}, "stream": False})
+        assert r.status_code == 200, r.text
+        assert not [k for k in _gauges(server) if k.startswith("vllm:lora_requests_info")]
+        r = client.post("/api/generate", json={"model": "smol-tuned", "prompt": "Hi", "stream": False,
+                                               "options": {"num_predict": 2}})
+        assert r.status_code == 200, r.text
+    before = time.time()
+    (info,) = [(k, v) for k, v in _gauges(server).items() if k.startswith("vllm:lora_requests_info")]
+    assert 'running_lora_adapters="smol-tuned:latest"' in info[0] and 'waiting_lora_adapters=""' in info[0]
+    assert 'max_lora="3"' in info[0]  # OLLAMA_MAX_LOADED_MODELS' default
+    assert before - 5 < info[1] < time.time() + 5

@@ -207,3 +207,72 @@ async def test_no_lora_info_without_adapters():
     got = _scrape(collector)
     assert not any(k.startswith("vllm:lora_requests_info") for k in got)
     assert got['vllm:kv_cache_usage_perc{model_name="m:latest"}'] == 0
+
+
+# ------------------------------------------------------------------ preload, with fakes
+class _FakeStore:
+    def __init__(self) -> None:
+        self.models: dict[str, object] = {}
+
+    def resolve(self, name: str):
+        from trillama.store import ModelNotFound
+
+        if name not in self.models:
+            raise ModelNotFound(name)
+        return self.models[name]
+
+
+class _FakeRegistry:
+    """Fails the first pull (the registry is not up yet), then delivers."""
+
+    def __init__(self, store: _FakeStore) -> None:
+        self.store, self.pulls = store, []
+
+    async def pull(self, name, *, insecure: bool = False):
+        from trillama.registry import Progress, RegistryError
+
+        self.pulls.append((name.display, insecure))
+        yield Progress("pulling manifest")
+        if len(self.pulls) == 1:
+            raise RegistryError("connection refused")
+        yield Progress("pulling 0123456789ab", "sha256:0123", 100, 50)
+        yield Progress("success")
+        self.store.models[name.display] = SimpleNamespace(name=name.display)
+
+
+class _FakeScheduler:
+    def __init__(self) -> None:
+        self.loads = []
+
+    async def acquire(self, record, options, keep_alive):
+        self.loads.append((record.name, keep_alive))
+        return SimpleNamespace(release=lambda: None)
+
+
+async def test_preload_pulls_when_missing_retries_and_loads(monkeypatch):
+    from structlog.testing import capture_logs
+
+    from trillama import preload
+
+    monkeypatch.setattr(preload, "FIRST_RETRY", 0.05)
+    store = _FakeStore()
+    store.models["local:latest"] = SimpleNamespace(name="local:latest")
+    registry, scheduler = _FakeRegistry(store), _FakeScheduler()
+    remote = "127.0.0.1:5000/library/smollm2:135m"
+    life = Lifecycle(["local:latest", remote])
+    specs = (PreloadSpec("local:latest", 60.0), PreloadSpec(remote))
+    with capture_logs() as logs:
+        with trio.fail_after(10):
+            await preload.preload_models(specs, store=store, registry=registry, scheduler=scheduler,
+                                         lifecycle=life, insecure=True)
+    assert life.ready and life.models[remote].attempts == 2
+    assert registry.pulls == [(remote, True), (remote, True)]  # the local model is not pulled
+    assert sorted(scheduler.loads) == sorted([("local:latest", 60.0), (remote, math.inf)])
+    events = [e["event"] for e in logs if e.get("model") == remote]
+    assert events[:2] == ["preload_pulling", "preload_progress"] and "preload_failed" in events
+    assert events[-2:] == ["preload_loading", "preload_loaded"]
+    failed = next(e for e in logs if e["event"] == "preload_failed")
+    assert "connection refused" in failed["error"]
+    progress = [e for e in logs if e["event"] == "preload_progress"]
+    assert any(e["status"] == "pulling 0123456789ab" and e["total"] == 100 and e["completed"] == 50
+               for e in progress)
