@@ -13,6 +13,7 @@ import cattrs
 
 __all__ = [
     "RUNNER_DIED_MESSAGE",
+    "PROMPT_TOO_LONG",
     "RunnerSpec",
     "GenerateJob",
     "Piece",
@@ -32,6 +33,12 @@ RUNNER_DIED_MESSAGE = (
     "error, check ollama server logs for details"
 )
 
+
+#: Ollama's words for a prompt the context cannot hold (llm/llama_server.go).
+PROMPT_TOO_LONG = (
+    "the prompt is longer than the context length currently available to the model; shorten the "
+    "prompt, adjust the context length in settings, or use a model with a longer context length"
+)
 
 @attrs.frozen
 class RunnerSpec:
@@ -167,6 +174,9 @@ class RunnerFacts:
     kv_unified: bool
     can_shift: bool
     vision: bool = False
+    #: the most bytes of text one token stands for: a text longer than ``n * max_token_bytes * 2``
+    #: bytes has more than ``n`` tokens (see ``native.Model.text_bound``)
+    max_token_bytes: int = 0
 
 
 class RunnerError(Exception):
