@@ -112,7 +112,7 @@ class Scheduler:
         return LoadOptions(
             num_ctx=num_ctx,
             num_parallel=max(1, num_parallel),
-            num_batch=min(num_batch, 1 << 16) if num_batch > 0 else 512,
+            num_batch=min(num_batch, num_ctx) if num_batch > 0 else 512,
             num_gpu=min(num_gpu, 1 << 16) if num_gpu >= 0 else -1,
             num_thread=min(num_thread, 1024) if num_thread > 0 else self.settings.effective_num_threads,
             use_mmap=bool(params.get("use_mmap", True)),
