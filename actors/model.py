@@ -364,9 +364,9 @@ class Lease:
             yield receive
 
     def _too_long(self, text: str, max_tokens: int) -> bool:
-        runner = self.actor.runner
-        bound = runner.text_bound(max_tokens) if runner is not None else None
-        return bound is not None and len(text) > bound
+        from trillama.actors.runner.messages import TEXT_BYTES_PER_TOKEN
+
+        return len(text) > max(1, max_tokens) * TEXT_BYTES_PER_TOKEN
 
 
 

@@ -39,6 +39,7 @@ from trillama.actors.runner import protocol as P
 from trillama.actors.runner.spawn import ChildProcess, spawn
 from trillama.actors.runner.messages import (
     RUNNER_DIED_MESSAGE,
+    TEXT_BYTES_PER_TOKEN,
     Done,
     Event,
     Failed,
@@ -443,10 +444,10 @@ class Runner:
         """Tokens of ``text`` (special tokens parsed); ``add_special`` adds BOS/EOS as the model does."""
         return await self._request(P.OP_TOKENIZE, text, add_special)
 
-    def text_bound(self, max_tokens: int) -> int | None:
-        """Characters beyond which a text certainly has more than ``max_tokens`` tokens (None: unknown)."""
-        per_token = self.facts.max_token_bytes if self.facts is not None else 0
-        return max(1, max_tokens) * per_token * 2 + 64 if per_token > 0 else None
+    @staticmethod
+    def text_bound(max_tokens: int) -> int:
+        """Characters beyond which a text certainly has more than ``max_tokens`` tokens."""
+        return max(1, max_tokens) * TEXT_BYTES_PER_TOKEN
 
     async def tokenize_bounded(self, text: str, max_tokens: int, add_special: bool = True) -> list[int] | None:
         """Tokens of ``text``, or ``None`` when it has more than ``max_tokens``.
@@ -455,8 +456,7 @@ class Runner:
         bytes and tokenizes only what the context could hold, so neither side's memory grows
         with the text.
         """
-        bound = self.text_bound(max_tokens)
-        if bound is not None and len(text) > bound:
+        if len(text) > self.text_bound(max_tokens):
             return None
         return await self._request(P.OP_TOKENIZE, text, add_special, int(max_tokens))
 

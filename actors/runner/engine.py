@@ -182,7 +182,7 @@ class Engine:
             if not 0 <= t < model.n_vocab:
                 raise JobError(f"token {t} is outside the vocabulary", "bad_request")
         text = spec.get("prompt") or ""
-        if text and len(text) > model.text_bound(self._limit(spec)):
+        if text and model.proven_too_long(text, self._limit(spec)):
             # Longer than the context can hold, whatever the tokenizer makes of it: refused before
             # tokenizing, which would cost memory in proportion to the text (issue 12).
             raise JobError(PROMPT_TOO_LONG, "context_exceeded")

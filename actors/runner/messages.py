@@ -14,6 +14,7 @@ import cattrs
 __all__ = [
     "RUNNER_DIED_MESSAGE",
     "PROMPT_TOO_LONG",
+    "TEXT_BYTES_PER_TOKEN",
     "RunnerSpec",
     "GenerateJob",
     "Piece",
@@ -33,6 +34,12 @@ RUNNER_DIED_MESSAGE = (
     "error, check ollama server logs for details"
 )
 
+
+#: Bytes of text per token beyond which the *server* refuses a prompt without sending it to the
+#: runner: a text longer than ``num_ctx × TEXT_BYTES_PER_TOKEN`` cannot fit. No vocabulary has
+#: tokens anywhere near this long (the longest here are 48-162 bytes raw), so nothing that could
+#: fit is refused; the runner then applies its vocabulary's exact bound before tokenizing.
+TEXT_BYTES_PER_TOKEN = 2048
 
 #: Ollama's words for a prompt the context cannot hold (llm/llama_server.go).
 PROMPT_TOO_LONG = (
@@ -174,9 +181,6 @@ class RunnerFacts:
     kv_unified: bool
     can_shift: bool
     vision: bool = False
-    #: the most bytes of text one token stands for: a text longer than ``n * max_token_bytes * 2``
-    #: bytes has more than ``n`` tokens (see ``native.Model.text_bound``)
-    max_token_bytes: int = 0
 
 
 class RunnerError(Exception):

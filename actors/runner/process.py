@@ -211,7 +211,6 @@ def main(argv: list[str] | None = None) -> NoReturn:
         "kv_unified": False,
         "can_shift": engine.can_shift,
         "vision": vision is not None,
-        "max_token_bytes": model.max_token_bytes(),
     }
     log.info("runner_ready", pid=os.getpid(), model=str(spec.model_path),
              **{k: facts[k] for k in ("n_ctx", "n_parallel", "load_seconds", "vision")})
