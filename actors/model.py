@@ -302,6 +302,11 @@ class ModelActor:
     async def _submit(self, lease: "Lease", kind: str, payload: Any) -> trio.MemoryReceiveChannel:
         send, receive = trio.open_memory_channel(math.inf)
         job = _Job(kind=kind, payload=payload, events=send, lease=lease)
+        # No dispatcher waiting means no free slot: the request waits in the queue (the blocked
+        # senders). Recorded on the lease for the access log.
+        if self._send.statistics().tasks_waiting_receive == 0:
+            lease.queued = True
+        waited = time.monotonic()
         try:
             await self._send.send(job)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -310,6 +315,8 @@ class ModelActor:
             if self.state == "failed":
                 raise LoadFailed(self.load_error or "model failed to load") from None
             raise ModelGone(self.name) from None
+        finally:
+            lease.queued_s += time.monotonic() - waited
         if not lease.started:
             lease.started = True
             self.pending -= 1
@@ -323,6 +330,9 @@ class Lease:
     actor: ModelActor
     started: bool = False
     released: bool = False
+    #: whether the request had to wait for a free slot, and for how long in all (seconds)
+    queued: bool = False
+    queued_s: float = 0.0
 
     def num_ctx_for(self, requested: Any) -> int:
         """The context a request may use: what it asked for, at most what the runner holds.
@@ -330,7 +340,8 @@ class Lease:
         This is how a runner loaded with a larger context serves a smaller request without a reload.
         """
         loaded = self.actor.num_ctx
-        return min(int(requested or loaded), loaded)
+        wanted = int(requested or 0)
+        return min(wanted, loaded) if wanted > 0 else loaded
 
     def release(self) -> None:
         if not self.released:
@@ -340,9 +351,24 @@ class Lease:
     @asynccontextmanager
     async def generate(self, job: Any) -> AsyncIterator[trio.MemoryReceiveChannel]:
         """Run one generation; yields the channel of its events. Closing it cancels the job."""
-        receive = await self.actor._submit(self, "generate", job)
+        if self._too_long(getattr(job, "prompt", "") or "", self.num_ctx_for(getattr(job, "num_ctx", None))):
+            # Proven too long by its length: answered here, without copying it to the runner.
+            from trillama.actors.runner.messages import PROMPT_TOO_LONG, Failed
+
+            send, receive = trio.open_memory_channel(1)
+            send.send_nowait(Failed(PROMPT_TOO_LONG, "context_exceeded"))
+            send.close()
+        else:
+            receive = await self.actor._submit(self, "generate", job)
         async with receive:
             yield receive
+
+    def _too_long(self, text: str, max_tokens: int) -> bool:
+        from trillama.actors.runner.messages import TEXT_BYTES_PER_TOKEN
+
+        return len(text) > max(1, max_tokens) * TEXT_BYTES_PER_TOKEN
+
+
 
     async def embed(self, inputs: list[str], truncate: bool) -> Any:
         receive = await self.actor._submit(self, "embed", (inputs, truncate))
@@ -351,9 +377,18 @@ class Lease:
                 return result
         raise ModelGone(self.actor.name)
 
-    async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+    async def tokenize(self, text: str, max_tokens: int | None = None, add_special: bool = True) -> list[int] | None:
+        """The tokens of ``text``; with ``max_tokens``, ``None`` for a text longer than that.
+
+        Chat truncation only asks "does this fit?": bounded, a huge message is never tokenized
+        (nor, when its length alone proves it too long, even sent to the runner).
+        """
         assert self.actor.runner is not None
-        return await self.actor.runner.tokenize(text, add_special=add_special)
+        if max_tokens is None:
+            return await self.actor.runner.tokenize(text, add_special=add_special)
+        if self._too_long(text, max_tokens):
+            return None
+        return await self.actor.runner.tokenize_bounded(text, max_tokens, add_special=add_special)
 
     async def detokenize(self, tokens: list[int]) -> str:
         assert self.actor.runner is not None

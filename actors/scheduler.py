@@ -141,19 +141,26 @@ class Scheduler:
         params.update({k: v for k, v in (options or {}).items() if v is not None})
         info = record.gguf_info() if callable(getattr(record, "gguf_info", None)) else None
         trained = int(getattr(info, "context_length", 0) or 0)
-        num_ctx = int(params.get("num_ctx") or self.settings.default_num_ctx)
+        num_ctx = int(params.get("num_ctx") or 0)
+        if num_ctx <= 0:
+            num_ctx = self.settings.default_num_ctx
         if trained > 0:
             num_ctx = min(num_ctx, trained)
         num_ctx = max(num_ctx, 4)
-        num_parallel = int(params.get("num_parallel") or self.settings.num_parallel)
+        num_parallel = min(int(params.get("num_parallel") or self.settings.num_parallel), 1024)
         if "completion" not in (getattr(record, "capabilities", None) or ["completion"]):
             num_parallel = 1  # embedding-only models decode one sequence at a time
+        # Ollama lets the runtime decide when num_thread or num_batch is zero or negative; C ints
+        # cap the rest (a num_thread of -5 or 2**40 must not reach llama.cpp as such).
+        num_thread = int(params.get("num_thread") or 0)
+        num_batch = int(params.get("num_batch") or 0)
+        num_gpu = int(params.get("num_gpu", -1) if params.get("num_gpu") is not None else -1)
         return LoadOptions(
             num_ctx=num_ctx,
             num_parallel=max(1, num_parallel),
-            num_batch=int(params.get("num_batch") or 512),
-            num_gpu=int(params.get("num_gpu", -1) if params.get("num_gpu") is not None else -1),
-            num_thread=int(params.get("num_thread") or self.settings.effective_num_threads),
+            num_batch=min(num_batch, num_ctx) if num_batch > 0 else 512,
+            num_gpu=min(num_gpu, 1 << 16) if num_gpu >= 0 else -1,
+            num_thread=min(num_thread, 1024) if num_thread > 0 else self.settings.effective_num_threads,
             use_mmap=bool(params.get("use_mmap", True)),
             kv_cache_type=self.settings.kv_cache_type,
             flash_attention=self.settings.flash_attention,

@@ -18,6 +18,7 @@ from quart import current_app
 
 from trillama.actors.model import Lease, LoadFailed, ModelGone, ServerBusy
 from trillama.actors.runner.messages import Done, Failed, GenerateJob, Piece
+from trillama.api import access
 from trillama.api.context import services
 from trillama.api.errors import SERVER_BUSY, APIError
 from trillama.durations import DurationError, parse_keep_alive
@@ -71,12 +72,16 @@ def resolve_model(name: str | None, *, empty_status: int = 404, empty_message: s
     store = services().store
     if not name:
         raise APIError(empty_status, empty_message or f"model '{name or ''}' not found")
+    from trillama.store.errors import BlobMissing
+
     try:
-        return store.resolve(name)
+        return store.resolve(name).require_blobs()
     except InvalidName:
         raise APIError(400, "invalid model name") from None
     except ModelNotFound:
         raise APIError(404, f"model '{name}' not found") from None
+    except BlobMissing as exc:
+        raise APIError(500, exc.message) from None
 
 
 def parse_keep_alive_field(value: Any) -> float | None:
@@ -107,6 +112,10 @@ async def model_lease(
     """Hold a loaded model for the duration of the block, mapping scheduler errors to HTTP."""
     scheduler = services().scheduler
     assert scheduler is not None
+    entry = access.current()
+    if entry is not None:
+        entry.model = record.name.display
+    asked = time.perf_counter()
     try:
         lease = await scheduler.acquire(record, options, keep_alive)
     except ServerBusy:
@@ -120,9 +129,13 @@ async def model_lease(
         raise
     if timer is not None:
         timer.mark_loaded()
+    if entry is not None:
+        entry.load_s = time.perf_counter() - asked
     try:
         yield lease
     finally:
+        if entry is not None:
+            entry.queued, entry.queue_s = lease.queued, lease.queued_s
         lease.release()
 
 
@@ -130,11 +143,18 @@ async def run_job(lease: Lease, job: GenerateJob) -> AsyncIterator[Piece | Done]
     """The runner's events for ``job``; a failure becomes an ``APIError`` with the right status."""
     # Taken now: the rest of the stream may run after Quart has left the app context.
     metrics = current_app.extensions["trillama.metrics"]
+    entry = access.current()
     try:
         async with lease.generate(job) as events:
             async for event in events:
                 if isinstance(event, Failed):
                     raise APIError(_failure_status(event.kind), event.message)
+                if entry is not None:
+                    if isinstance(event, Piece):
+                        entry.mark_first_token()
+                    elif isinstance(event, Done):
+                        entry.prompt_tokens, entry.generated_tokens = event.prompt_eval_count, event.eval_count
+                        entry.done_reason = event.done_reason
                 if isinstance(event, Done):
                     metrics.observe_tokens(lease.actor.name, event.prompt_eval_count, event.eval_count)
                 yield event

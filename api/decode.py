@@ -9,6 +9,7 @@ Unknown fields are ignored, as Ollama ignores them.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 import cattrs
@@ -119,18 +120,155 @@ def structure(data: Any, cls: type[T]) -> T:
         raise APIError(400, f"invalid value for field {field}: {leaf}") from None
 
 
-async def read_json(request: Request) -> Any:
-    body = await request.get_data(cache=True)
+#: How deep a request body may nest. Go's decoder allows 10,000 levels; Python's parser and every
+#: recursive walk after it (schemas, grammars, templates) would hit the interpreter's recursion
+#: limit long before that, so the body is refused here, as a 400, instead of failing later as a 500.
+MAX_JSON_DEPTH = 128
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class _BadNumber(ValueError):
+    pass
+
+
+def _no_constants(name: str) -> Any:
+    # Python reads NaN and Infinity; JSON (and Go) do not.
+    raise _BadNumber(f"invalid JSON: invalid character {name[0]!r} looking for beginning of value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise _BadNumber(f"json: cannot unmarshal number {text} into Go value of type float64")
+    return value
+
+
+def _replace_surrogates(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _check_and_clean(value: Any, fix_surrogates: bool) -> Any:
+    """Refuse nesting deeper than :data:`MAX_JSON_DEPTH`; optionally turn lone surrogates into U+FFFD.
+
+    Iterative, so the walk itself cannot overflow the stack. A lone ``\\ud800`` escape is what Go
+    decodes to U+FFFD; left in a Python string it makes every later ``encode("utf-8")`` raise.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise APIError(400, f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(node, dict):
+            if fix_surrogates:
+                for key in [k for k in node if _SURROGATE.search(k)]:
+                    node[_replace_surrogates(key)] = node.pop(key)
+                for key, item in node.items():
+                    if isinstance(item, str):
+                        node[key] = _replace_surrogates(item)
+            stack.extend((item, depth + 1) for item in node.values() if isinstance(item, (dict, list)))
+        elif isinstance(node, list):
+            if fix_surrogates:
+                for i, item in enumerate(node):
+                    if isinstance(item, str):
+                        node[i] = _replace_surrogates(item)
+            stack.extend((item, depth + 1) for item in node if isinstance(item, (dict, list)))
+    return value
+
+
+def parse_json_body(body: bytes) -> Any:
+    """Parse a request body as Go's ``encoding/json`` would accept it; any problem is a 400."""
     if not body or not body.strip():
         raise APIError(400, "missing request body")
     try:
-        return json.loads(body)
-    except UnicodeDecodeError:
-        raise APIError(400, "invalid character in request body: not UTF-8") from None
+        # Invalid UTF-8 inside strings becomes U+FFFD, as Go's decoder makes it.
+        text = body.decode("utf-8", errors="replace")
+        value = json.loads(text, parse_constant=_no_constants, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise APIError(400, f"invalid JSON: {exc.msg} at offset {exc.pos}") from None
+    except _BadNumber as exc:
+        raise APIError(400, str(exc)) from None
+    except RecursionError:
+        raise APIError(400, f"invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    fix = _ESCAPED_SURROGATE.search(body) is not None
+    if isinstance(value, str):
+        return _replace_surrogates(value) if fix else value
+    return _check_and_clean(value, fix)
+
+
+async def read_json(request: Request) -> Any:
+    return parse_json_body(await request.get_data(cache=True))
 
 
 async def read_request(request: Request, cls: type[T]) -> T:
     """Read and validate a JSON body into ``cls``; any problem is a 400 naming the field."""
     return structure(await read_json(request), cls)
+
+
+# ----------------------------------------------------------------------------- nested shapes
+#: A shape is a Python type (``str``, ``int``, ``bool``, ``dict`` for any object), a one-element
+#: list ``[shape]`` for an array of that shape, or a dict of field name → shape for an object whose
+#: known fields are checked (unknown ones pass, as Go ignores them). ``None`` values always pass.
+Shape = Any
+
+_GO_SHAPE_NAMES = {str: "string", int: "int", float: "float64", bool: "bool", dict: "map[string]interface {}"}
+
+#: Ollama's ``api.Message``.
+MESSAGE_SHAPE: dict[str, Shape] = {
+    "role": str,
+    "content": str,
+    "thinking": str,
+    "images": [str],
+    "tool_calls": [{"id": str, "function": {"index": int, "name": str, "arguments": dict}}],
+    "tool_name": str,
+    "tool_call_id": str,
+}
+
+#: Ollama's ``api.Tool``: the parts a template reads.
+TOOL_SHAPE: dict[str, Shape] = {
+    "type": str,
+    "function": {"name": str, "description": str, "parameters": dict},
+}
+
+
+def _go_name(shape: Shape) -> str:
+    if isinstance(shape, list):
+        return "[]" + _go_name(shape[0])
+    if isinstance(shape, dict):
+        return "struct"
+    return _GO_SHAPE_NAMES.get(shape, getattr(shape, "__name__", "?"))
+
+
+def _shape_ok(value: Any, shape: Shape) -> bool:
+    if shape is int:
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer())
+    if shape is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if shape is dict or isinstance(shape, dict):
+        return isinstance(value, dict)
+    if isinstance(shape, list):
+        return isinstance(value, list)
+    return isinstance(value, shape)
+
+
+def check_shape(value: Any, shape: Shape, path: str) -> None:
+    """Raise a 400 naming the field (``ChatRequest.messages.content``) where ``value`` breaks ``shape``.
+
+    The top-level body goes through cattrs; this checks what it leaves as plain JSON (messages,
+    tools), so that ``"content": 5`` is refused like a wrong top-level field instead of reaching
+    the prompt renderer.
+    """
+    if value is None:
+        return
+    if not _shape_ok(value, shape):
+        raise APIError(400, f"json: cannot unmarshal {_json_kind(value)} into Go struct field {path} "
+                            f"of type {_go_name(shape)}")
+    if isinstance(shape, list):
+        for item in value:
+            check_shape(item, shape[0], path)
+    elif isinstance(shape, dict):
+        for key, sub in shape.items():
+            if key in value:
+                check_shape(value[key], sub, f"{path}.{key}")

@@ -26,8 +26,9 @@ from trillama.api.completion import (
     resolve_model,
     run_job,
 )
+from trillama.api import access
 from trillama.api.context import services
-from trillama.api.decode import read_request
+from trillama.api.decode import MESSAGE_SHAPE, TOOL_SHAPE, check_shape, read_request
 from trillama.api.errors import APIError
 from trillama.api.prompting import (
     ChatPrompt,
@@ -232,9 +233,12 @@ async def chat() -> Response:
     if req.tools and "tools" not in caps:
         raise APIError(400, f"{record.name.display} does not support tools")
     think = check_think(req.think, record, req.model)
+    for tool in req.tools or ():
+        check_shape(tool, TOOL_SHAPE, "ChatRequest.tools")
     for message in req.messages:
         if not isinstance(message, dict):
             raise APIError(400, "json: cannot unmarshal into Go struct field ChatRequest.messages of type api.Message")
+        check_shape(message, MESSAGE_SHAPE, "ChatRequest.messages")
         if message.get("images"):
             message["images"] = _check_images(message["images"], record)
     grammar = _grammar(req.format)
@@ -327,6 +331,7 @@ async def embed_inputs(record: Any, inputs: list[str], *, truncate: bool, option
                 raise APIError(400, "the input length exceeds the context length") from None
             raise APIError(500, str(exc)) from None
     _check_finite(vectors)
+    access.note(prompt_tokens=sum(counts))
     return vectors, sum(counts)
 
 
@@ -379,8 +384,11 @@ async def embeddings() -> Response:
 def _rfc3339_local(ts: float | None) -> str:
     from datetime import datetime
 
-    if ts is None:  # forever: Ollama shows a date ~292 years ahead
-        ts = 253402300799.0  # 9999-12-31T23:59:59Z, the last instant RFC 3339 can write
+    # Forever (None) or any expiry past the last date RFC 3339 can write shows as 9999-12-30, a day
+    # short of the end so that no local time-zone offset can push it out of range: /api/ps must
+    # always answer, whatever keep_alive a request set.
+    last = 253402214400.0  # 9999-12-30T00:00:00Z
+    ts = last if ts is None or not ts < last else max(ts, 0.0)
     return datetime.fromtimestamp(ts).astimezone().isoformat()
 
 

@@ -260,7 +260,7 @@ async def show() -> Response:
         raise APIError(400, "invalid model name") from None
     store = services().store
     try:
-        record = await _in_thread(store.resolve, name)
+        record = (await _in_thread(store.resolve, name)).require_blobs()
         payload = await _in_thread(_show_payload, record, req)
     except ModelNotFound:
         raise APIError(404, f"model '{name.display}' not found") from None
@@ -388,11 +388,15 @@ def _license_tuple(value: Any) -> tuple[str, ...]:
     raise APIError(400, "json: cannot unmarshal license: must be a string or an array of strings")
 
 
-def _classic_request(body: CreateBody, store: Any) -> CreateRequest:
+def _classic_request(body: CreateBody, store: Any, allowed: tuple[Path, ...]) -> CreateRequest:
     """Parse the Modelfile of a classic request (text, or a file on this machine)."""
+    from trillama.store.create import SERVER_PATHS_REFUSED, path_allowed
+
     text = body.modelfile
     base_dir: Path | None = None
     if body.path:
+        if not path_allowed(Path(body.path).expanduser(), allowed):
+            raise APIError(400, SERVER_PATHS_REFUSED)
         base_dir = Path(body.path).expanduser().resolve().parent
         if not text:
             try:
@@ -401,7 +405,8 @@ def _classic_request(body: CreateBody, store: Any) -> CreateRequest:
                 raise APIError(400, f"error reading modelfile: open {body.path}: {exc.strerror}") from None
     try:
         modelfile = parse_modelfile(text)
-        return request_from_modelfile(modelfile, store, base_dir, quantize=body.quantize or body.quantization)
+        return request_from_modelfile(modelfile, store, base_dir, quantize=body.quantize or body.quantization,
+                                      allowed_dirs=allowed)
     except StoreError as exc:
         raise _store_error(exc) from None
 
@@ -438,7 +443,10 @@ async def create() -> Response:
     store = services().store
     classic = bool(body.modelfile or body.path) and not (body.from_ or body.files)
     if classic:
-        create_request = await _in_thread(_classic_request, body, store)
+        # The store's own blobs (what `ollama show --modelfile` prints as FROM) and the directories
+        # the operator opted into (TRILLAMA_CREATE_PATHS); nothing else on this machine.
+        allowed = (store.blobs_dir.resolve(), *services().settings.create_paths)
+        create_request = await _in_thread(_classic_request, body, store, allowed)
     else:
         create_request = _structured_request(body)
     prune = not services().settings.noprune

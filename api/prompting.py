@@ -188,9 +188,14 @@ async def build_chat_prompt(
     think: bool | str | None,
     truncate: bool,
     num_ctx: int,
-    count_tokens: Callable[[str], Awaitable[list[int]]],
+    count_tokens: Callable[[str, int], Awaitable[list[int] | None]],
 ) -> ChatPrompt:
-    """Assemble (Modelfile SYSTEM and MESSAGEs), truncate to ``num_ctx`` and render."""
+    """Assemble (Modelfile SYSTEM and MESSAGEs), truncate to ``num_ctx`` and render.
+
+    ``count_tokens(text, limit)`` (``Lease.tokenize``) gives the tokens, or ``None`` for a text
+    with more than ``limit`` of them: truncation only compares, and a bounded answer keeps a huge
+    message from being tokenized at all.
+    """
     fmt = prompt_format(record)
     messages = fmt.chat_messages(parse_messages(raw_messages))
 
@@ -198,7 +203,8 @@ async def build_chat_prompt(
         return fmt.render(msgs, tools=tools, think=think)
 
     async def count(text: str) -> int:
-        return len(await count_tokens(text))
+        tokens = await count_tokens(text, num_ctx)
+        return num_ctx + 1 if tokens is None else len(tokens)
 
     vision = "vision" in (record.capabilities or [])
     try:

@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Callable
 
 from quart import Response
 
+from trillama.api import access
 from trillama.api.errors import APIError
 from trillama.logs import get_logger
 
@@ -56,7 +57,17 @@ def _streaming_response(
                 yield encode(chunk).encode()
         except APIError as exc:
             log.info("stream_error", status=exc.status, error=exc.message)
+            access.note(error=exc.message)
             yield encode_error(exc).encode()
+            return
+        except Exception as exc:
+            # The status line has gone out: the error can only travel as the stream's last chunk.
+            record = access.current()
+            log.error("stream_failed", error=repr(exc), exc_info=exc)
+            access.note(error=repr(exc))
+            request_id = record.request_id if record is not None else "?"
+            yield encode_error(APIError(500, f"internal server error (request id {request_id}; "
+                                             "the server log has the details)")).encode()
             return
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]

@@ -92,11 +92,35 @@ def _valid_relative_path(path: str) -> bool:
     return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
+#: The one answer for any server-side path a create request may not read: the same text whether
+#: the path exists or not, so the error reveals nothing about the server's files.
+SERVER_PATHS_REFUSED = ("server-side paths are not allowed in create requests; upload the file with "
+                        "POST /api/blobs/<digest> and name it in \"files\" (or FROM @<digest>)")
+
+
 def _expand_path(arg: str, base_dir: Path | None) -> Path:
     path = Path(arg).expanduser()
     if not path.is_absolute():
         path = (base_dir or Path.cwd()) / path
     return path
+
+
+def _looks_like_path(arg: str) -> bool:
+    return arg.startswith(("/", "~", ".", "\\")) or ":\\" in arg
+
+
+def path_allowed(path: Path, allowed: tuple[Path, ...] | None) -> bool:
+    """Is ``path`` (symlinks resolved) inside one of the ``allowed`` directories?
+
+    ``None`` means no restriction (library callers and tests that build stores directly).
+    """
+    if allowed is None:
+        return True
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):
+        return False
+    return any(resolved == root or resolved.is_relative_to(root) for root in allowed)
 
 
 def _gguf_files_in(directory: Path) -> list[Path]:
@@ -108,13 +132,14 @@ def _gguf_files_in(directory: Path) -> list[Path]:
 
 
 def request_from_modelfile(modelfile: Modelfile, store: "ModelStore", base_dir: Path | None = None,
-                           quantize: str = "") -> CreateRequest:
+                           quantize: str = "", allowed_dirs: tuple[Path, ...] | None = None) -> CreateRequest:
     """Turn a parsed classic Modelfile into a create request, resolving what ``FROM`` names.
 
     ``FROM`` may name a local model, a blob (``@sha256:…``), a GGUF file on this machine
     (absolute, ``~``, or relative to ``base_dir``) or a directory holding GGUF files, tried in
     that order; a valid name that matches nothing is kept as a model name so the error says the
-    model is missing.
+    model is missing. With ``allowed_dirs``, only files inside those directories are read; any
+    other path gets :data:`SERVER_PATHS_REFUSED`, before the file system is looked at.
     """
     from_ = ""
     files: dict[str, str] = {}
@@ -140,6 +165,11 @@ def request_from_modelfile(modelfile: Modelfile, store: "ModelStore", base_dir: 
             (files if is_model else adapters)[digest] = digest
             continue
         path = _expand_path(arg, base_dir)
+        if not path_allowed(path, allowed_dirs):
+            if is_model and not _looks_like_path(arg) and ModelName.parse_lenient(arg).is_valid:
+                from_ = arg
+                continue
+            raise InvalidRequest(SERVER_PATHS_REFUSED)
         if path.is_file():
             (local_files if is_model else local_adapters)[path.name] = path
             continue

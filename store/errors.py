@@ -16,6 +16,7 @@ __all__ = [
     "DigestMismatch",
     "NotGGUF",
     "CorruptManifest",
+    "BlobMissing",
 ]
 
 
@@ -74,3 +75,20 @@ class NotGGUF(InvalidRequest):
 
 class CorruptManifest(StoreError):
     """A manifest file exists but cannot be read as a manifest."""
+
+
+class BlobMissing(StoreError):
+    """A manifest names a blob whose file is gone (deleted by hand, a disk fault).
+
+    The model stays listed — hiding it would make it look deleted — but using it says which blob
+    is missing and how to repair it.
+    """
+
+    kind = "internal"
+
+    def __init__(self, model: str, digests: tuple[str, ...]) -> None:
+        listed = ", ".join(digests)
+        super().__init__(f'model "{model}" cannot be used: blob {listed} is missing from the model store; '
+                         "pull or create the model again")
+        self.model = model
+        self.digests = digests

@@ -200,6 +200,29 @@ class GGUFArray(Sequence):
         return self._items
 
 
+    def longest_string(self) -> int:
+        """Bytes of the longest element of a string array (0 for other arrays), without decoding.
+
+        For a vocabulary this bounds the text one token stands for (the runner's prompt-length
+        check): its raw form is never shorter than the text it renders to (``▁`` is three bytes
+        for one space, a byte-level BPE character one or two bytes for one byte, ``<0x0A>`` six).
+        """
+        if self._type != _STRING:
+            return 0
+        fmt = self._endian + ("I" if self._version == 1 else "Q")
+        step = struct.calcsize(fmt)
+        unpack = struct.Struct(fmt).unpack_from
+        longest = 0
+        with self._path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            pos = self._offset
+            for _ in range(self._count):
+                (n,) = unpack(data, pos)
+                pos += step + n
+                if n > longest:
+                    longest = n
+        return longest
+
+
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY, _FLOAT32 = 8, 9, 6
 

@@ -101,7 +101,13 @@ def coerce_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         if kind == "int":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise OptionError(f'option "{key}" must be of type integer')
-            out[key] = int(value)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise OptionError(f'option "{key}" must be of type integer')
+            number = int(value)
+            if not -(2**63) <= number < 2**63:
+                # Go's int is 64 bits; past it Ollama silently wraps. Say so instead.
+                raise OptionError(f'option "{key}" is out of range: {number} does not fit in a 64-bit integer')
+            out[key] = number
         elif kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise OptionError(f'option "{key}" must be of type float32')

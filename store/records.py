@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from trillama.logs import get_logger
-from trillama.store.errors import CorruptManifest, NotGGUF
+from trillama.store.errors import BlobMissing, CorruptManifest, NotGGUF
 from trillama.store.gguf_info import GGUFInfo, read_gguf_info
 from trillama.store.manifest import (
     MEDIA_ADAPTER,
@@ -128,6 +128,14 @@ class ModelRecord:
     capabilities: list[str]
     modified_at: datetime
     size: int
+    #: digests of the layers whose blob files are missing; a record with any is listed but unusable
+    missing_blobs: tuple[str, ...] = ()
+
+    def require_blobs(self) -> "ModelRecord":
+        """Self, or :class:`BlobMissing` naming what is gone."""
+        if self.missing_blobs:
+            raise BlobMissing(self.name.display, self.missing_blobs)
+        return self
 
     @property
     def config(self) -> dict[str, Any]:
@@ -161,9 +169,26 @@ def build_record(
     ``blob_path`` maps a digest to the path of its blob file; ``templates`` reads the
     capabilities the template layer implies.
     """
+    missing: list[str] = []
+
+    def read_blob(digest: str) -> bytes | None:
+        try:
+            return blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            missing.append(digest)
+            return None
+
+    def locate(digest: str) -> Path:
+        path = blob_path(digest)
+        if not path.exists():
+            missing.append(digest)
+        return path
+
     config = ModelConfig()
     if manifest.config.digest:
-        config = ModelConfig.from_bytes(blob_path(manifest.config.digest).read_bytes())
+        raw_config = read_blob(manifest.config.digest)
+        if raw_config is not None:
+            config = ModelConfig.from_bytes(raw_config)
 
     model_path: Path | None = None
     draft_path: Path | None = None
@@ -179,34 +204,41 @@ def build_record(
     for layer in manifest.layers:
         media = layer.media_type
         if media == MEDIA_MODEL:
-            model_path = blob_path(layer.digest)
+            model_path = locate(layer.digest)
             parent_model = layer.from_
         elif media == MEDIA_PROJECTOR:
-            projectors.append(blob_path(layer.digest))
+            projectors.append(locate(layer.digest))
         elif media == MEDIA_ADAPTER:
-            adapters.append(blob_path(layer.digest))
+            adapters.append(locate(layer.digest))
         elif media == MEDIA_DRAFT:
-            draft_path = blob_path(layer.digest)
-        elif media in (MEDIA_TEMPLATE, MEDIA_PROMPT):
-            template = _read_text(blob_path(layer.digest))
-        elif media == MEDIA_SYSTEM:
-            system = _read_text(blob_path(layer.digest))
+            draft_path = locate(layer.digest)
+        elif media in (MEDIA_TEMPLATE, MEDIA_PROMPT, MEDIA_SYSTEM, MEDIA_LICENSE):
+            raw = read_blob(layer.digest)
+            if raw is None:
+                continue
+            text = raw.decode("utf-8", errors="replace")
+            if media == MEDIA_SYSTEM:
+                system = text
+            elif media == MEDIA_LICENSE:
+                licenses.append(text)
+            else:
+                template = text
         elif media == MEDIA_PARAMS:
+            raw = read_blob(layer.digest)
             try:
-                loaded = json.loads(blob_path(layer.digest).read_bytes())
+                loaded = json.loads(raw) if raw is not None else None
             except json.JSONDecodeError as exc:
                 raise CorruptManifest(f"parameters layer is not JSON: {exc}") from None
             if isinstance(loaded, dict):
                 parameters = loaded
         elif media == MEDIA_MESSAGES:
+            raw = read_blob(layer.digest)
             try:
-                loaded = json.loads(blob_path(layer.digest).read_bytes())
+                loaded = json.loads(raw) if raw is not None else None
             except json.JSONDecodeError as exc:
                 raise CorruptManifest(f"messages layer is not JSON: {exc}") from None
             if isinstance(loaded, list):
                 messages = [m for m in loaded if isinstance(m, dict)]
-        elif media == MEDIA_LICENSE:
-            licenses.append(_read_text(blob_path(layer.digest)))
         elif media == MEDIA_EMBED:
             log.info("embed_layer_ignored", model=name.display)
 
@@ -242,6 +274,7 @@ def build_record(
         capabilities=compute_capabilities(info, template, len(projectors), config, templates=templates),
         modified_at=datetime.fromtimestamp(stat.st_mtime_ns / 1e9).astimezone(),
         size=manifest.size,
+        missing_blobs=tuple(dict.fromkeys(missing)),
     )
 
 

@@ -20,6 +20,7 @@ from trillama.api.app import create_app
 from trillama.api.context import Services
 from trillama.config import Settings
 from trillama.store import ModelStore
+from trillama.store.create import SERVER_PATHS_REFUSED
 
 DATA = Path(__file__).parent / "data"
 
@@ -145,9 +146,12 @@ async def test_create_classic_modelfile_and_deprecated_name(api: Client, tiny: b
     assert 'stop                           "###"' in shown["parameters"]
 
 
-async def test_create_classic_modelfile_from_server_path(api: Client, tmp_path: Path) -> None:
+async def test_create_classic_modelfile_from_server_path(root: Path, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
+    # Server-side paths are read only inside directories the operator opted into.
+    settings = Settings(models_dir=root, bundled_model=False, create_paths=(work.resolve(),))
+    api = Client(create_app(Services(settings=settings, store=ModelStore(root, templates=GoTemplateInspector()))), root)
     write_tiny_gguf(work / "weights.gguf")
     (work / "Modelfile").write_text("FROM ./weights.gguf\nPARAMETER num_ctx 64\n")
     status, body = await api.call("POST", "/api/create",
@@ -179,8 +183,11 @@ async def test_create_classic_modelfile_from_server_path(api: Client, tmp_path: 
          '"renderer", "parser", "parameter", "message", or "requires"'),
         ({"model": "new", "modelfile": "FROM tiny\nPARAMETER top_k many\n"}, 400, "invalid int value [many]"),
         ({"model": "new", "modelfile": "SYSTEM hi\n"}, 400, "no FROM line"),
-        ({"model": "new", "modelfile": "FROM /nonexistent/dir/model.gguf\n"}, 400,
-         "invalid model reference: /nonexistent/dir/model.gguf"),
+        ({"model": "new", "modelfile": "FROM /nonexistent/dir/model.gguf\n"}, 400, SERVER_PATHS_REFUSED),
+        ({"model": "new", "modelfile": "FROM /etc/hostname\n"}, 400, SERVER_PATHS_REFUSED),
+        ({"model": "new", "modelfile": "FROM tiny\nADAPTER /etc/hostname\n"}, 400, SERVER_PATHS_REFUSED),
+        ({"model": "new", "path": "/etc/hostname"}, 400, SERVER_PATHS_REFUSED),
+        ({"model": "new", "path": "/nonexistent/Modelfile"}, 400, SERVER_PATHS_REFUSED),
         ({"model": "new", "modelfile": "FROM nothere\n"}, 404, "model 'nothere' not found"),
         ({"model": 5, "from": "tiny"}, 400,
          "json: cannot unmarshal number into Go struct field CreateBody.model of type string"),

@@ -36,7 +36,7 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-async def words(text: str) -> list[int]:
+async def words(text: str, limit: int | None = None) -> list[int]:
     return [0] * len(text.split())
 
 

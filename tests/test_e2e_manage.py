@@ -68,8 +68,12 @@ def servers() -> Iterator[list[ServerProcess]]:
             server.stop()
 
 
-def start(servers: list[ServerProcess], root: Path, bundled: bool = False) -> ServerProcess:
-    server = ServerProcess(root, env={"TRILLAMA_BUNDLED_MODEL": "1" if bundled else "0"})
+def start(servers: list[ServerProcess], root: Path, bundled: bool = False,
+          create_paths: Path | None = None) -> ServerProcess:
+    env = {"TRILLAMA_BUNDLED_MODEL": "1" if bundled else "0"}
+    if create_paths is not None:  # the classic create forms may read files there
+        env["TRILLAMA_CREATE_PATHS"] = str(create_paths)
+    server = ServerProcess(root, env=env)
     servers.append(server.start())
     return server
 
@@ -281,7 +285,7 @@ def write_big_gguf(path: Path, gigabytes: float = 2.0) -> Path:
 
 
 def test_kill_during_create_leaves_no_trace(servers: list[ServerProcess], root: Path, tmp_path: Path) -> None:
-    server = start(servers, root)
+    server = start(servers, root, create_paths=tmp_path)
     small = write_tiny_gguf(tmp_path / "small.gguf").read_bytes()
     with server.client() as client:
         assert client.post(f"/api/blobs/{sha(small)}", content=small).status_code == 201

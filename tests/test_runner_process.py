@@ -20,6 +20,7 @@ import psutil
 import pytest
 import trio
 
+from trillama.actors.runner import protocol as P
 from trillama.actors.runner.client import (
     RUNNER_DIED_MESSAGE,
     Done,
@@ -490,3 +491,23 @@ def test_runner_exits_when_stdin_closes():
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_huge_prompts_are_refused_by_length_without_growing_the_runner():
+    """Issue 12: the runner itself refuses a text its context cannot hold before tokenizing it,
+    whether it comes as a job (the server's own length check bypassed here), a bounded tokenize
+    or an embedding input; memory stays bounded by the context, not by the text."""
+    async with Runner.open(spec(n_ctx=256)) as runner:
+        rss = psutil.Process(runner.pid).memory_info().rss
+        huge = "word " * (8 * 1024 * 1024)  # 40 MiB
+        # Bounded tokenize: None (over the cap) without the text being tokenized.
+        assert await runner.tokenize_bounded("hello there", 256) is not None
+        assert await runner._request(P.OP_TOKENIZE, huge, True, 256) is None
+        # A job straight to the runner (the lease would have refused it before the pipe).
+        _, _, final = await run(runner, "huge", greedy(huge, num_predict=1))
+        assert isinstance(final, Failed) and final.kind == "context_exceeded"
+        # Embedding inputs: refused without truncation, cut to a prefix with it.
+        with pytest.raises(RunnerRequestError):
+            await runner.embed([huge], truncate=False)
+        grown = psutil.Process(runner.pid).memory_info().rss - rss
+        assert grown < 200 * 2**20, f"runner grew by {grown >> 20} MiB"

@@ -175,6 +175,23 @@ def _parse_seconds(text: str) -> float:
     return seconds
 
 
+def _parse_timeout(text: str) -> float:
+    """Seconds or a Go duration; must be positive (a timeout of zero would refuse everything)."""
+    seconds = _parse_duration(text)
+    if not seconds > 0:
+        raise ValueError("must be a positive duration")
+    return seconds
+
+
+def _parse_paths(text: str) -> tuple[Path, ...]:
+    """Directories separated by ``os.pathsep``; each must be absolute."""
+    paths = tuple(Path(p).expanduser() for p in text.split(os.pathsep) if p.strip())
+    for path in paths:
+        if not path.is_absolute():
+            raise ValueError(f"{str(path)!r} is not an absolute path")
+    return tuple(p.resolve() for p in paths)
+
+
 def _default_threads() -> int:
     # Lazily: actors/ imports this module. Physical cores within CPU affinity and cgroup quota.
     from trillama.actors.cpu import default_threads
@@ -220,6 +237,16 @@ class Settings:
     responses_store_size: int = 64 * 2**20
     #: trillama: how long a stored response can be retrieved or continued, in seconds.
     responses_store_ttl: float = 3600.0
+    #: trillama: largest request body (bytes) a route reads into memory; 0 = no cap. Blob uploads
+    #: stream to disk and are exempt. The default admits a chat with a dozen large base64 images.
+    max_body_size: int = 64 * 2**20
+    #: trillama: seconds a client may take to send a request's headers, from their first byte.
+    header_timeout: float = 30.0
+    #: trillama: seconds a request body may stall (no byte arriving) before the connection closes.
+    body_timeout: float = 60.0
+    #: trillama: directories whose files the classic create forms (``FROM /path``, ``ADAPTER /path``,
+    #: ``"path"``) may read. Empty (the default): server-side paths outside the store are refused.
+    create_paths: tuple[Path, ...] = ()
     #: The ed25519 key that signs registry token requests (Ollama's, so a registered key works).
     keypair: Path = attrs.field(factory=lambda: Path.home() / ".ollama" / "id_ed25519")
 
@@ -283,6 +310,10 @@ class Settings:
         read("TRILLAMA_DRAIN_SECONDS", "drain_seconds", _parse_seconds)
         read("TRILLAMA_RESPONSES_STORE_SIZE", "responses_store_size", parse_byte_size)
         read("TRILLAMA_RESPONSES_STORE_TTL", "responses_store_ttl", _parse_duration)
+        read("TRILLAMA_MAX_BODY_SIZE", "max_body_size", parse_byte_size)
+        read("TRILLAMA_HEADER_TIMEOUT", "header_timeout", _parse_timeout)
+        read("TRILLAMA_BODY_TIMEOUT", "body_timeout", _parse_timeout)
+        read("TRILLAMA_CREATE_PATHS", "create_paths", _parse_paths)
         return cls(**values)  # type: ignore[arg-type]
 
     def as_log_fields(self) -> dict[str, object]:
@@ -294,4 +325,8 @@ class Settings:
         fields["keep_alive"] = "forever" if self.keep_alive == FOREVER else self.keep_alive
         fields["preload"] = [p.name if p.keep_alive == FOREVER else f"{p.name}={p.keep_alive}"
                              for p in self.preload]
+        fields["create_paths"] = [str(p) for p in self.create_paths]
+        for name in ("header_timeout", "body_timeout"):
+            if fields[name] == FOREVER:
+                fields[name] = "forever"
         return fields

@@ -10,10 +10,16 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["FOREVER", "DurationError", "parse_go_duration", "parse_keep_alive", "format_go_duration"]
+__all__ = ["FOREVER", "MAX_DURATION_S", "DurationError", "parse_go_duration", "parse_keep_alive",
+           "format_go_duration"]
 
 #: Seconds that stand for "never expire". A float infinity keeps comparisons honest.
 FOREVER = math.inf
+
+#: The longest duration Go can hold (``math.MaxInt64`` nanoseconds, about 292 years). Go's parser
+#: refuses anything longer with "invalid duration"; accepting it here would let a request put a
+#: model's expiry beyond what any clock or date can show.
+MAX_DURATION_S = (2**63 - 1) / 1e9
 
 _UNITS = {
     "ns": 1e-9,
@@ -36,7 +42,9 @@ def parse_go_duration(text: str) -> float:
     """Parse ``text`` like Go's ``time.ParseDuration`` and return seconds (may be negative)."""
     original = text
     sign = 1.0
-    if text[:1] in "+-":
+    if not text:
+        raise DurationError(f'time: invalid duration "{original}"')
+    if text[0] in "+-":
         if text[0] == "-":
             sign = -1.0
         text = text[1:]
@@ -58,6 +66,8 @@ def parse_go_duration(text: str) -> float:
             raise DurationError(f'time: invalid duration "{original}"')
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
+        if total > MAX_DURATION_S:  # Go's overflow check answers with the same text
+            raise DurationError(f'time: invalid duration "{original}"')
     return sign * total
 
 
@@ -73,8 +83,15 @@ def parse_keep_alive(value: object) -> float | None:
         raise DurationError("Unsupported type: 'bool'")
     if isinstance(value, (int, float)):
         seconds = float(value)
+        if math.isnan(seconds) or seconds > MAX_DURATION_S:
+            # Go would overflow silently into some other duration; an explicit 400 is kinder.
+            raise DurationError(f"invalid keep_alive: {value:g} seconds is longer than the longest "
+                                "duration (2562047h47m16.854775807s)")
     elif isinstance(value, str):
-        seconds = parse_go_duration(value.strip())
+        stripped = value.strip()
+        if not stripped:
+            raise DurationError(f'time: invalid duration "{value}"')
+        seconds = parse_go_duration(stripped)
     else:
         raise DurationError(f"Unsupported type: '{type(value).__name__}'")
     return FOREVER if seconds < 0 else seconds

@@ -39,6 +39,7 @@ from trillama.actors.runner import protocol as P
 from trillama.actors.runner.spawn import ChildProcess, spawn
 from trillama.actors.runner.messages import (
     RUNNER_DIED_MESSAGE,
+    TEXT_BYTES_PER_TOKEN,
     Done,
     Event,
     Failed,
@@ -51,7 +52,7 @@ from trillama.actors.runner.messages import (
     SlotState,
     converter,
 )
-from trillama.logs import get_logger
+from trillama.logs import get_logger, log_format
 
 __all__ = [
     "Runner",
@@ -71,6 +72,8 @@ log = get_logger("trillama.actors.runner")
 
 #: stderr lines kept for error messages (a failed load explains itself in its last lines)
 _STDERR_TAIL = 40
+#: longest stderr line kept or forwarded whole (bytes)
+_MAX_LINE = 64 * 1024
 _READ_CHUNK = 65536
 
 
@@ -154,6 +157,7 @@ class Runner:
         ]
         if verbose:
             argv.append("--verbose")
+        argv += ["--log-format", log_format()]
         try:
             process = await spawn(argv)
         except OSError as exc:
@@ -235,23 +239,47 @@ class Runner:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
+    def _forward_json_line(self, line: bytes) -> None:
+        """Pass a runner's JSON line through; wrap anything else (native code's own prints) in one."""
+        stripped = line.strip()
+        if not stripped:
+            return
+        if stripped[:1] == b"{":
+            try:
+                json.loads(stripped)
+            except ValueError:
+                pass
+            else:
+                try:
+                    os.write(2, stripped + b"\n")
+                except OSError:
+                    pass
+                return
+        log.info("runner_output", pid=self.pid, text=stripped.decode("utf-8", errors="replace"))
+
     async def _read_stderr(self) -> None:
         stream = self._process.stderr
         partial = b""
+        as_json = log_format() == "json"
         try:
             while True:
                 data = await stream.receive_some(_READ_CHUNK)
                 if not data:
                     break
-                if self._forward_stderr:
+                if self._forward_stderr and not as_json:
                     try:
                         os.write(2, data)
                     except OSError:
                         pass
                 lines = (partial + data).split(b"\n")
                 partial = lines.pop()
+                if len(partial) > _MAX_LINE:  # a runaway line: keep its start, drop the rest
+                    lines.append(partial[:_MAX_LINE])
+                    partial = b""
                 for line in lines:
                     self._stderr_tail.append(line.decode("utf-8", errors="replace"))
+                    if self._forward_stderr and as_json:
+                        self._forward_json_line(line)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -415,6 +443,22 @@ class Runner:
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         """Tokens of ``text`` (special tokens parsed); ``add_special`` adds BOS/EOS as the model does."""
         return await self._request(P.OP_TOKENIZE, text, add_special)
+
+    @staticmethod
+    def text_bound(max_tokens: int) -> int:
+        """Characters beyond which a text certainly has more than ``max_tokens`` tokens."""
+        return max(1, max_tokens) * TEXT_BYTES_PER_TOKEN
+
+    async def tokenize_bounded(self, text: str, max_tokens: int, add_special: bool = True) -> list[int] | None:
+        """Tokens of ``text``, or ``None`` when it has more than ``max_tokens``.
+
+        A text whose length proves it never leaves this process; the runner checks again in
+        bytes and tokenizes only what the context could hold, so neither side's memory grows
+        with the text.
+        """
+        if len(text) > self.text_bound(max_tokens):
+            return None
+        return await self._request(P.OP_TOKENIZE, text, add_special, int(max_tokens))
 
     async def detokenize(self, tokens: list[int]) -> str:
         return await self._request(P.OP_DETOKENIZE, list(tokens))

@@ -39,6 +39,13 @@ class Embedder:
 
     def _tokens(self, text: str, truncate: bool) -> list[int]:
         model = self.model
+        if model.proven_too_long(text, self.n_ctx):
+            # Certainly longer than the context: refuse, or keep a prefix that still holds more
+            # than the context's worth of tokens, without tokenizing all of it.
+            if not truncate:
+                raise ContextExceeded("the input length exceeds the context length")
+            bound = model.text_bound(self.n_ctx)
+            text = text[:bound].encode("utf-8", errors="replace")[:bound].decode("utf-8", errors="ignore")
         tokens = model.tokenize(text, add_special=False)
         if model.add_bos:
             tokens.insert(0, model.bos)

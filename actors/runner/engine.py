@@ -42,7 +42,7 @@ from trillama.actors.runner import protocol as P
 from trillama.actors.runner.embedding import ContextExceeded, Embedder
 from trillama.actors.runner.logprobs import token_logprob_entry
 from trillama.actors.runner.media import ImageSpan, MediaError, MediaPrompt, Vision
-from trillama.actors.runner.messages import GenerateJob
+from trillama.actors.runner.messages import PROMPT_TOO_LONG, GenerateJob
 from trillama.actors.runner.native import Batch, Model
 from trillama.actors.runner.sampling import GrammarError, SamplerChain, build_chain
 from trillama.actors.runner.textstream import TextStream
@@ -52,10 +52,6 @@ __all__ = ["Engine", "JobError", "Job", "Slot", "common_prefix"]
 
 log = get_logger("trillama.runner.engine")
 
-PROMPT_TOO_LONG = (
-    "the prompt is longer than the context length currently available to the model; shorten the "
-    "prompt, adjust the context length in settings, or use a model with a longer context length"
-)
 
 _JOB_FIELDS = frozenset(f.name for f in attrs.fields(GenerateJob))
 _SEQ = operator.attrgetter("seq")
@@ -186,6 +182,10 @@ class Engine:
             if not 0 <= t < model.n_vocab:
                 raise JobError(f"token {t} is outside the vocabulary", "bad_request")
         text = spec.get("prompt") or ""
+        if text and model.proven_too_long(text, self._limit(spec)):
+            # Longer than the context can hold, whatever the tokenizer makes of it: refused before
+            # tokenizing, which would cost memory in proportion to the text (issue 12).
+            raise JobError(PROMPT_TOO_LONG, "context_exceeded")
         media = self._media_prompt(text, spec.get("images") or ())
         try:
             return self._prepare(job_id, spec, tokens, text, media)
@@ -193,6 +193,12 @@ class Engine:
             if media is not None:
                 media.free()
             raise
+
+    def _limit(self, spec: dict) -> int:
+        """The context this job may use: its ``num_ctx``, at most the runner's."""
+        if spec.get("num_ctx"):
+            return max(1, min(int(spec["num_ctx"]), self.n_ctx))
+        return self.n_ctx
 
     def _media_prompt(self, text: str, images) -> MediaPrompt | None:
         if not images:
@@ -206,10 +212,16 @@ class Engine:
 
     def _prepare(self, job_id: str, spec: dict, tokens: list[int], text: str, media: MediaPrompt | None) -> Job:
         model = self.model
+        limit = self._limit(spec)
         if media is not None:
             text_tokens = media.tokens
+        elif text:
+            bounded = model.tokenize_bounded(text, limit, add_special=False, parse_special=True)
+            if bounded is None:
+                raise JobError(PROMPT_TOO_LONG, "context_exceeded")
+            text_tokens = bounded
         else:
-            text_tokens = model.tokenize(text, add_special=False, parse_special=True) if text else []
+            text_tokens = []
         add_bos = spec.get("add_bos")
         if add_bos is None:
             add_bos = model.add_bos
@@ -220,9 +232,6 @@ class Engine:
         if not tokens:
             raise JobError("empty prompt", "bad_request")
         spans = [] if media is None else [attrs.evolve(s, start=s.start + offset) for s in media.spans]
-        limit = self.n_ctx
-        if spec.get("num_ctx"):
-            limit = max(1, min(int(spec["num_ctx"]), self.n_ctx))
         if len(tokens) > limit:
             raise JobError(PROMPT_TOO_LONG, "context_exceeded")
         top = int(spec.get("top_logprobs") or 0)

@@ -13,6 +13,8 @@ import cattrs
 
 __all__ = [
     "RUNNER_DIED_MESSAGE",
+    "PROMPT_TOO_LONG",
+    "TEXT_BYTES_PER_TOKEN",
     "RunnerSpec",
     "GenerateJob",
     "Piece",
@@ -32,6 +34,18 @@ RUNNER_DIED_MESSAGE = (
     "error, check ollama server logs for details"
 )
 
+
+#: Bytes of text per token beyond which the *server* refuses a prompt without sending it to the
+#: runner: a text longer than ``num_ctx × TEXT_BYTES_PER_TOKEN`` cannot fit. No vocabulary has
+#: tokens anywhere near this long (the longest here are 48-162 bytes raw), so nothing that could
+#: fit is refused; the runner then applies its vocabulary's exact bound before tokenizing.
+TEXT_BYTES_PER_TOKEN = 2048
+
+#: Ollama's words for a prompt the context cannot hold (llm/llama_server.go).
+PROMPT_TOO_LONG = (
+    "the prompt is longer than the context length currently available to the model; shorten the "
+    "prompt, adjust the context length in settings, or use a model with a longer context length"
+)
 
 @attrs.frozen
 class RunnerSpec:

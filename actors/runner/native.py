@@ -54,7 +54,7 @@ _WARN, _INFO, _CONT = 3, 2, 5
 _log_state: dict = {"last": _INFO}
 
 
-def install_log_callback(verbose: bool) -> None:
+def install_log_callback(verbose: bool, *, as_events: bool = False) -> None:
     """Send llama.cpp's own log lines to stderr: warnings and errors, or also INFO if ``verbose``.
 
     llama.cpp's error lines ("error loading model: …") are the best explanation of a failed load,
@@ -63,6 +63,27 @@ def install_log_callback(verbose: bool) -> None:
     llama.cpp logs at load time and is silent in the decode loop.
     """
     threshold = _INFO if verbose else _WARN
+    pending: list[bytes] = []  # with ``as_events``: the current line, until its newline arrives
+
+    def _emit(level: int, text: bytes) -> None:
+        if not as_events:
+            try:
+                os.write(2, text)
+            except OSError:
+                pass
+            return
+        # One structlog event per whole line (llama.cpp sends lines in pieces), so that a JSON
+        # log stays one JSON object per line.
+        pending.append(text)
+        joined = b"".join(pending)
+        if b"\n" not in joined:
+            return
+        *lines, rest = joined.split(b"\n")
+        pending[:] = [rest] if rest else []
+        for line in lines:
+            if line.strip():
+                event = log.warning if level >= _WARN else log.info
+                event("llama_cpp", text=line.decode("utf-8", errors="replace"))
 
     @L.llama_log_callback
     def _callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
@@ -71,10 +92,7 @@ def install_log_callback(verbose: bool) -> None:
         else:
             _log_state["last"] = level
         if level >= threshold or level == 0:
-            try:
-                os.write(2, text)
-            except OSError:
-                pass
+            _emit(level, text)
 
     _log_state["callback"] = _callback  # keep the ctypes thunk alive for the process lifetime
     L.llama_log_set(_callback, ctypes.c_void_p(0))
@@ -178,8 +196,67 @@ class Model:
         self.pieces[token] = data
         return data
 
+    def max_token_bytes(self) -> int:
+        """The most bytes of text one token of this vocabulary stands for (special tokens too).
+
+        A text of ``n`` bytes has at least ``n / max_token_bytes`` tokens, so a prompt can be
+        proven too long for a context from its length alone, before the tokenizer (whose memory
+        grows with the input, ~100x for llama.cpp's BPE pre-tokenizer) ever sees it. Computed once.
+        """
+        cached = getattr(self, "_max_token_bytes", None)
+        if cached is not None:
+            return cached
+        longest = 0
+        try:  # the GGUF vocabulary's longest raw token: a scan of lengths, ~0.1 s for 262k tokens
+            from trillama.store.gguf_info import GGUFArray, read_gguf_info
+
+            tokens = read_gguf_info(self.path).kv.get("tokenizer.ggml.tokens")
+            if isinstance(tokens, GGUFArray) and len(tokens) >= self.n_vocab:
+                longest = tokens.longest_string()
+        except Exception:  # an unusual file: ask llama.cpp token by token (seconds for big vocabularies)
+            longest = 0
+        if longest <= 0:
+            buf = ctypes.create_string_buffer(256)
+            for token in range(self.n_vocab):
+                n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+                longest = max(longest, abs(int(n)))
+        self._max_token_bytes = max(1, longest)
+        return self._max_token_bytes
+
+    def text_bound(self, max_tokens: int) -> int:
+        """Bytes beyond which a text certainly has more than ``max_tokens`` tokens.
+
+        Twice the strict bound, for what the tokenizer may add or normalise (a leading space,
+        special tokens rendered differently): generous, and still bounded by the context.
+        """
+        return max(1, max_tokens) * self.max_token_bytes() * 2 + 64
+
+    def proven_too_long(self, text: str, max_tokens: int) -> bool:
+        """Does the length of ``text`` alone prove more than ``max_tokens`` tokens?
+
+        Short texts are never checked (tokenizing ``8 × max_tokens`` bytes costs little), so the
+        vocabulary scan behind :meth:`max_token_bytes` runs only once a long text arrives.
+        """
+        if len(text) <= 8 * max(1, max_tokens):
+            return False
+        bound = self.text_bound(max_tokens)
+        # Characters never outnumber UTF-8 bytes: the cheap test first, then the exact one.
+        return len(text) > bound or len(text.encode("utf-8", errors="replace")) > bound
+
+    def tokenize_bounded(self, text: str, max_tokens: int, *, add_special: bool,
+                         parse_special: bool = True) -> list[int] | None:
+        """The tokens of ``text``, or ``None`` when it has more than ``max_tokens`` of them.
+
+        Texts whose length alone proves it are refused without tokenizing, so memory stays
+        bounded by the context whatever the input size.
+        """
+        if self.proven_too_long(text, max_tokens):
+            return None
+        tokens = self.tokenize(text, add_special=add_special, parse_special=parse_special)
+        return tokens if len(tokens) <= max_tokens else None
+
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
+        data = text.encode("utf-8", errors="replace")
         cap = len(data) + 8
         while True:
             arr = (L.llama_token * cap)()

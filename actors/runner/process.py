@@ -100,7 +100,10 @@ def _reader(engine, model, stdin, writer: FrameWriter, log) -> None:
                 engine.submit((P.OP_CANCEL, msg[1]))
             elif op == P.OP_TOKENIZE:
                 try:
-                    tokens = model.tokenize(msg[2], add_special=bool(msg[3]), parse_special=True)
+                    if len(msg) > 4 and msg[4] is not None:  # bounded: None when over the cap
+                        tokens = model.tokenize_bounded(msg[2], int(msg[4]), add_special=bool(msg[3]))
+                    else:
+                        tokens = model.tokenize(msg[2], add_special=bool(msg[3]), parse_special=True)
                     writer.send([[P.EV_REPLY, msg[1], tokens]])
                 except Exception as exc:
                     writer.send([[P.EV_ERROR, msg[1], str(exc), "internal"]])
@@ -130,6 +133,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--spec", required=True, help="RunnerSpec as JSON")
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--verbose", action="store_true", help="also log llama.cpp INFO lines")
+    parser.add_argument("--log-format", choices=("console", "json"), default="console",
+                        help="the server's log format, so that the runner's lines match it")
     return parser.parse_args(argv)
 
 
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
     from trillama.logs import configure_logging, get_logger
 
-    configure_logging(debug=1 if args.verbose else 0)
+    configure_logging(debug=1 if args.verbose else 0, fmt=args.log_format)
     log = get_logger("trillama.runner")
     writer = FrameWriter(frames_fd)
 
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     from trillama.actors.runner.messages import RunnerSpec, converter
 
     spec = converter.structure(json.loads(args.spec), RunnerSpec)
-    native.install_log_callback(args.verbose)
+    native.install_log_callback(args.verbose, as_events=args.log_format == "json")
     started = time.monotonic()
     free_before = native.gpu_free_bytes()
     try:

@@ -48,7 +48,7 @@ MAX_FRAME = 512 * 1024 * 1024
 # server → runner
 OP_GENERATE = "gen"  # [op, job_id, job dict]
 OP_CANCEL = "cancel"  # [op, job_id]
-OP_TOKENIZE = "tok"  # [op, req_id, text, add_special]
+OP_TOKENIZE = "tok"  # [op, req_id, text, add_special, max_tokens?] → tokens (None: over max_tokens)
 OP_DETOKENIZE = "detok"  # [op, req_id, tokens]
 OP_EMBED = "embed"  # [op, req_id, inputs, truncate]
 OP_SLOTS = "slots"  # [op, req_id] → {"slots": [slot state…], "n_threads": n}
