@@ -110,34 +110,22 @@ def start_registry(tmp: Path) -> tuple[Service, int]:
 
 
 def haproxy_config(front: int, stats: int, backends: list[int]) -> str:
-    servers = "\n".join(f"    server r{i} 127.0.0.1:{port} check" for i, port in enumerate(backends))
+    """docs/deploy.md's HAProxy configuration, with this test's ports, frontends and a header
+    naming the replica that answered."""
+    text = (REPO / "docs" / "deploy.md").read_text()
+    block = text.split("<!-- haproxy:begin -->", 1)[1].split("<!-- haproxy:end -->", 1)[0]
+    block = block.split("```\n", 1)[1].rsplit("```", 1)[0]
+    for i, port in enumerate(backends):
+        block = block.replace(f"127.0.0.1:PORT{i} ", f"127.0.0.1:{port} ")
+    assert "PORT" not in block and f"inter {CHECK_INTER_MS} fall {CHECK_FALL} " in block
+    block = block.replace("    balance roundrobin\n", "    balance roundrobin\n    http-response set-header X-Replica %s\n")
     return f"""global
     maxconn 256
 
-defaults
-    mode http
-    timeout connect 1s
-    timeout client 120s
-    timeout server 120s
-    timeout check 2s
-    # A draining replica answers new work 503 (Retry-After); a stopped one refuses connections.
-    # Both are retried on another replica; a response already streaming is never retried.
-    retries 5
-    option redispatch 1
-    retry-on conn-failure empty-response 503
-    option http-buffer-request
-
+{block}
 frontend api
     bind 127.0.0.1:{front}
     default_backend trillama
-
-backend trillama
-    balance roundrobin
-    option httpchk GET /ready
-    http-check expect status 200
-    default-server inter {CHECK_INTER_MS} fall {CHECK_FALL} rise 1
-    http-response set-header X-Replica %s
-{servers}
 
 frontend stats
     bind 127.0.0.1:{stats}
