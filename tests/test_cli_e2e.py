@@ -320,3 +320,47 @@ def test_launch_execs_the_tool_with_the_environment(env: dict[str, str], server:
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout == f"args: --model {SMOL} -p hello\nbase: {server.base_url}\nmodel: {SMOL}\n"
     assert "ANTHROPIC_BASE_URL" in ran.stderr  # the plan is printed before the exec
+
+
+# A template that opens a thinking block when asked to think: whatever the model writes then is
+# thinking (the bundled model never closes it within a few tokens), which is all the CLI needs.
+THINKING_TEMPLATE = """{{- range .Messages }}<|im_start|>{{ .Role }}
+{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}<|im_end|>
+{{ end }}<|im_start|>assistant
+{{ if .Think }}<think>
+{{ end }}"""
+
+
+def test_thinking_is_shown_or_hidden(env: dict[str, str], server: ServerProcess) -> None:
+    """In the session (chat, where the server splits thinking out): a thinking model thinks unless
+    told not to, the thinking is framed as ollama frames it, ``--hidethinking`` hides it."""
+    with server.client() as http:
+        r = http.post("/api/create", json={"model": "thinker", "from": SHORT, "template": THINKING_TEMPLATE,
+                                           "stream": False})
+        assert r.status_code == 200, r.text
+        assert "thinking" in http.post("/api/show", json={"model": "thinker"}).json()["capabilities"]
+    child = spawn(env, "run", "thinker")
+    try:
+        command(child, "Why is the sky blue?", "Thinking...", "\n")
+        child.expect_exact(PROMPT)
+        assert re.search(r"[A-Za-z]{2,}", child.before)  # the thinking itself, shown
+        submit(child, "/set nothink")
+        child.expect_exact("Set 'nothink' mode.")
+        child.expect_exact(PROMPT)
+        submit(child, "Why is the sky blue?")
+        child.expect_exact(PROMPT)
+        assert "Thinking..." not in child.before and re.search(r"[A-Za-z]{2,}", child.before)
+        submit(child, "/bye")
+        child.expect(pexpect.EOF, timeout=30)
+    finally:
+        child.close()
+    child = spawn(env, "run", "thinker", "--hidethinking")
+    try:
+        child.expect_exact(PROMPT)
+        submit(child, "Why is the sky blue?")
+        child.expect_exact(PROMPT)
+        assert "Thinking..." not in child.before
+        submit(child, "/bye")
+        child.expect(pexpect.EOF, timeout=30)
+    finally:
+        child.close()
