@@ -47,9 +47,13 @@ def job_from_options(
                  "frequency_penalty"):
         if name in fields:
             fields[name] = float(fields[name])
-    for name in ("top_k", "repeat_last_n", "seed", "num_keep"):
-        if name in fields:
-            fields[name] = int(fields[name])
+    for name in ("top_k", "repeat_last_n", "num_keep"):
+        if name in fields:  # C ints in llama.cpp; past them the frame to the runner cannot be packed
+            fields[name] = max(-(2**31), min(int(fields[name]), 2**31 - 1))
+    if "seed" in fields:
+        # llama.cpp seeds are 32 bits: keep the low ones, as Go's uint32 conversion in Ollama does.
+        seed = int(fields["seed"])
+        fields["seed"] = seed if seed < 0 else seed & 0xFFFFFFFF
     stop = options.get("stop") or ()
     if isinstance(stop, str):
         stop = (stop,)
@@ -58,7 +62,9 @@ def job_from_options(
         prompt=prompt,
         prompt_tokens=prompt_tokens,
         add_bos=add_bos,
-        num_predict=int(num_predict) if num_predict is not None else -1,
+        # Past 2**31 a limit means nothing (the runner stops at 10 x num_ctx anyway), and a number
+        # past 64 bits (max_tokens 1e300 on /v1) could not even be sent to the runner.
+        num_predict=min(int(num_predict), 2**31 - 1) if num_predict is not None else -1,
         stop=tuple(s for s in (*stop, *extra_stop) if s),
         grammar=grammar,
         logprobs=logprobs,

@@ -128,6 +128,19 @@ def test_out_of_range_options_are_400_or_clamped(http):
         assert r.status_code == 200, (options, r.text)
 
 
+def test_openai_numbers_past_64_bits_reach_the_runner_clamped(http):
+    # Found by tests/test_fuzz_api.py: these were 500 "model runner ended the request without a result".
+    from trillama.actors.sampling import job_from_options
+
+    job = job_from_options({"num_predict": int(1e300), "seed": 2**70, "top_k": 2**40, "repeat_last_n": -(2**40)},
+                           prompt="x")
+    assert job.num_predict == 2**31 - 1 and job.seed == (2**70) & 0xFFFFFFFF
+    assert job.top_k == 2**31 - 1 and job.repeat_last_n == -(2**31)
+    r = http.post("/v1/chat/completions", json={"model": SMOL, "messages": [{"role": "user", "content": "hi"}],
+                                                "seed": 2**70, "max_tokens": 2})
+    assert r.status_code == 200, r.text
+
+
 def test_lone_surrogates_read_as_replacement_characters(server):
     body = b'{"model":"%s","messages":[{"role":"user","content":"\\ud800x"}],"stream":false,' \
            b'"_debug_render_only":true}' % SMOL.encode()

@@ -4,7 +4,10 @@ Bodies are built from the fields each route knows, filled with well-formed value
 the extremes that broke the server before (issue 12): empty and huge durations, integers past 64
 bits, lone surrogates, deep nesting, unknown models. The run is bounded (``FUZZ_EXAMPLES``,
 derandomized so that a failure reproduces) and fails on any 5xx, on a non-JSON error from a known
-route, on a dead server, and on server memory growing by more than 100 MB.
+route, on a dead server, and on server memory growing by more than 100 MB. Random bodies rarely
+get every other field right at once, so a second test walks a grid: each field of a valid body
+replaced, one at a time, by each of a few values that broke servers before (it found the /v1
+``max_tokens: 1e300`` and ``seed: 2**70`` 500s).
 
 Not fuzzed: ``/api/pull`` and ``/api/push`` (their documented 5xx is "registry unreachable" and
 each case would wait on the network), and ``num_parallel`` (a valid but huge value asks for more
@@ -21,7 +24,7 @@ import psutil
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-FUZZ_EXAMPLES = int(os.environ.get("TRILLAMA_FUZZ_EXAMPLES", "220"))
+FUZZ_EXAMPLES = int(os.environ.get("TRILLAMA_FUZZ_EXAMPLES", "300"))
 MODEL = "fuzzy"  # smollm2 with num_predict 2, so that generations stay short whatever the body
 
 # ----------------------------------------------------------------------------- values
@@ -37,9 +40,14 @@ JSON = st.recursive(SCALARS | EXTREMES, lambda inner: st.lists(inner, max_size=3
                     | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
 
 
+STRING_EXTREMES = st.sampled_from(["", " ", "\ud800x", "99999999999h", "a" * 300, "../../etc/passwd"])
+NUMBER_EXTREMES = st.sampled_from([2**63, -(2**63) - 1, 2**70, -1, 0, 1e300])
+OTHER_EXTREMES = st.sampled_from([None, [], {}, True, {"a": [None]}])
+
+
 def field(good) -> st.SearchStrategy:
-    """Mostly a plausible value, sometimes an extreme, sometimes anything."""
-    return st.one_of(good, good, EXTREMES, JSON)
+    """A plausible value, or one of the values that broke servers before, or any JSON at all."""
+    return st.one_of(good, STRING_EXTREMES, NUMBER_EXTREMES, OTHER_EXTREMES, JSON)
 
 
 OPTION_VALUES = {
@@ -63,7 +71,7 @@ OPTION_VALUES = {
     "bogus": JSON,
 }
 OPTIONS = st.one_of(st.fixed_dictionaries({}, optional=OPTION_VALUES), EXTREMES)
-MODEL_NAMES = st.sampled_from([MODEL, MODEL, MODEL, "smollm2:135m", "", "nope", "bad name", "x" * 90, "a/b/c/d/e"])
+MODEL_NAMES = st.sampled_from([MODEL] * 8 + ["smollm2:135m", "", "nope", "bad name", "x" * 90, "a/b/c/d/e"])
 TEXT = st.text(max_size=40)
 MESSAGE = st.fixed_dictionaries({}, optional={
     "role": field(st.sampled_from(["user", "assistant", "system", "tool", "USER", "robot"])),
@@ -156,14 +164,16 @@ def _shorten(route: str, body: object) -> object:
         options["num_predict"] = min(options["num_predict"], 2) if options["num_predict"] >= 0 else 2
     for key in ("max_tokens", "max_completion_tokens"):
         value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 2:
-            body[key] = 2
+        if key in body and (value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                              and (value > 2 or value < 0))):
+            body[key] = 2  # null, negative or huge would mean "no limit" (huge ones: test_e2e_hardening)
     return body
 
 
+SHAPED = st.sampled_from(sorted(ROUTES)).flatmap(lambda route: st.tuples(st.just("POST"), st.just(route),
+                                                                          ROUTES[route]))
 CASES = st.one_of(
-    st.tuples(st.just("POST"), st.sampled_from(sorted(ROUTES)), st.none()).flatmap(
-        lambda t: st.tuples(st.just(t[0]), st.just(t[1]), ROUTES[t[1]])),
+    SHAPED, SHAPED, SHAPED, SHAPED,  # bodies with the routes' own fields, most of the time
     st.tuples(st.just("POST"), st.sampled_from(sorted(ROUTES)), JSON),  # any JSON at all
     st.tuples(st.just("RAW"), st.sampled_from(sorted(ROUTES)), st.binary(max_size=64)),
     st.tuples(st.just("GET"), GETS, st.none()),
@@ -214,3 +224,72 @@ def test_fuzzed_requests_never_get_a_5xx(server):
         assert http.get("/api/version").status_code == 200
         grown = psutil.Process(server.proc.pid).memory_info().rss - idle_rss
         assert grown < 100 * 2**20, f"server RSS grew by {grown >> 20} MiB under fuzzing"
+
+
+# ----------------------------------------------------------------------------- one field at a time
+#: Valid bodies; the grid below replaces one field at a time, so that no earlier check can mask a
+#: later one (random bodies rarely get every other field right at once).
+BASES = {
+    "/api/generate": {"model": MODEL, "prompt": "hi", "stream": False},
+    "/api/chat": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": False},
+    "/api/embed": {"model": MODEL, "input": "hi"},
+    "/api/show": {"model": MODEL},
+    "/v1/chat/completions": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+}
+GRID_VALUES = ["", "\ud800x", 2**70, -1, 1e300, None]
+
+
+def _grid() -> list[tuple[str, str, object]]:
+    cases = []
+    for route, base in BASES.items():
+        names = sorted(set(base) | _optional_names(route))
+        for name in names:
+            cases += [(route, name, value) for value in GRID_VALUES]
+    cases += [("/api/generate", f"options.{name}", value) for name in sorted(OPTION_VALUES) for value in GRID_VALUES]
+    messages = [f"messages.0.{name}" for name in ("role", "content", "images", "tool_calls", "thinking")]
+    cases += [("/api/chat", name, value) for name in messages for value in GRID_VALUES]
+    return cases
+
+
+def _optional_names(route: str) -> set[str]:
+    strategy = ROUTES[route]
+    while hasattr(strategy, "wrapped_strategy"):
+        strategy = strategy.wrapped_strategy
+    return set(getattr(strategy, "optional", {}) or {}) | set(getattr(strategy, "keys", ()) or ())
+
+
+def _with(base: dict, path: str, value: object) -> dict:
+    body = json.loads(json.dumps(base))
+    target = body
+    parts = path.split(".")
+    for part in parts[:-1]:
+        key = int(part) if part.isdigit() else part
+        if isinstance(target, dict) and not isinstance(target.get(key), (dict, list)):
+            target[key] = {}
+        target = target[key]
+    target[int(parts[-1]) if parts[-1].isdigit() else parts[-1]] = value
+    return body
+
+
+def test_each_field_with_each_extreme_value_is_never_a_5xx(server):
+    with server.client(timeout=120) as http:
+        r = http.post("/api/create", json={"model": MODEL, "from": "smollm2:135m", "stream": False,
+                                           "parameters": {"num_predict": 2, "temperature": 0}})
+        assert r.status_code == 200, r.text
+        failures = []
+        grid = _grid()
+        assert len(grid) > 300
+        for route, path, value in grid:
+            body = _shorten(route, _with(BASES[route], path, value))
+            if path in ("stream",):
+                body["stream"] = value if value is not True else False
+            try:
+                response = http.post(route, content=json.dumps(body).encode(), timeout=30,
+                                     headers={"Content-Type": "application/json"})
+            except httpx.TimeoutException:
+                failures.append(f"{route} {path}={value!r} -> no answer in 30 s")
+                continue
+            if response.status_code >= 500:
+                failures.append(f"{route} {path}={value!r} -> {response.status_code} {response.text[:200]}")
+        assert not failures, "\n".join(failures)
+        assert server.proc.poll() is None
