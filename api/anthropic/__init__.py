@@ -40,8 +40,10 @@ blueprint = Blueprint("anthropic", __name__)
 
 def error_response(exc: BaseException) -> Response:
     """Any exception as Anthropic's error object with the status its SDK maps to the right class."""
+    from werkzeug.exceptions import HTTPException
+
     error = to_api_error(exc)
-    if error is not exc:
+    if error is not exc and not isinstance(exc, HTTPException):
         log.error("anthropic_unexpected_error", error=repr(exc), path=request.path, exc_info=exc)
     return json_response(error_body(error.status, error.message), status=wire_status(error.status),
                          headers=dict(error.headers))
