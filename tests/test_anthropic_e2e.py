@@ -103,7 +103,7 @@ def test_stop_sequences_report_the_sequence(claude: Anthropic) -> None:
     free = claude.messages.create(model=SMOL, max_tokens=24, messages=ask, extra_body=GREEDY)
     text = free.content[0].text
     assert len(text) > 6, text
-    stop = text[len(text) // 2: len(text) // 2 + 2]
+    stop = text[len(text) // 3: len(text) // 3 + 2]
     cut = claude.messages.create(model=SMOL, max_tokens=24, messages=ask, extra_body=GREEDY,
                                  stop_sequences=[stop, "never-seen-xyz"])
     assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == stop
@@ -299,6 +299,8 @@ def test_sse_framing_bytes(msg_server: ServerProcess) -> None:
     final = [d for n, d in parsed if n == "message_delta"][0]
     assert final["delta"] == {"stop_reason": "max_tokens", "stop_sequence": None}
     assert final["usage"]["output_tokens"] == 3
+    # The events came from a producer task in the app's nursery (the path that can ping).
+    assert '"producer": "task"' in msg_server.log_path.read_text(errors="replace")
 
 
 # ----------------------------------------------------------------------------- overload

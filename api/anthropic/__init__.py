@@ -59,11 +59,14 @@ async def messages() -> Response:
     timer = Timer()
     req = await read_request(request, MessagesRequest)
     plan = plan_messages(req)
+    # The app's nursery (QuartTrio's, opened by the ASGI lifespan) runs a stream's producer so
+    # that pings can flow while it waits; without one the stream runs inline, without pings.
+    nursery = getattr(current_app, "nursery", None) if req.stream else None
     log.info("anthropic_messages", model=req.model, stream=req.stream, tools=len(plan.tools or ()),
-             tool_choice=plan.choice.mode, think=plan.think)
+             tool_choice=plan.choice.mode, think=plan.think,
+             producer=("task" if nursery is not None else "inline") if req.stream else None)
     events = message_events(plan, timer)
     if req.stream:
-        nursery = getattr(current_app, "nursery", None)
         return await sse_response(stream_events(events, model=req.model), nursery=nursery)
     return json_response(await collect_message(events, model=req.model))
 
