@@ -47,7 +47,7 @@ TOOLS_TEMPLATE = """\
 """
 
 WEATHER = {"name": "get_weather", "description": "Current weather for a city",
-           "input_schema": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
                             "required": ["city"]}}
 CLOCK = {"name": "get_time", "description": "The current time", "input_schema": {"type": "object", "properties": {}}}
 HI = [{"role": "user", "content": "Say hello."}]
@@ -103,7 +103,7 @@ def test_stop_sequences_report_the_sequence(claude: Anthropic) -> None:
     free = claude.messages.create(model=SMOL, max_tokens=24, messages=ask, extra_body=GREEDY)
     text = free.content[0].text
     assert len(text) > 6, text
-    stop = text[len(text) // 2: len(text) // 2 + 2]
+    stop = text[len(text) // 3: len(text) // 3 + 2]
     cut = claude.messages.create(model=SMOL, max_tokens=24, messages=ask, extra_body=GREEDY,
                                  stop_sequences=[stop, "never-seen-xyz"])
     assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == stop
@@ -128,6 +128,15 @@ def test_raw_stream_events_in_order(claude: Anthropic) -> None:
     assert kinds[1] == "content_block_start" and kinds[-3] == "content_block_stop"
     assert set(kinds[2:-3]) == {"content_block_delta"}
     assert events[-2].delta.stop_reason == "max_tokens" and events[-2].usage.output_tokens == 4
+
+
+def test_structured_output(claude: Anthropic) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"],
+              "additionalProperties": False}
+    out = claude.messages.create(model=SMOL, max_tokens=30, extra_body=GREEDY,
+                                 output_config={"format": {"type": "json_schema", "schema": schema}},
+                                 messages=[{"role": "user", "content": "Give a JSON object with a key a set to 1"}])
+    assert isinstance(json.loads(out.content[0].text)["a"], int)
 
 
 # ----------------------------------------------------------------------------- tools
@@ -227,6 +236,10 @@ def test_bad_input_raises_bad_request(claude: Anthropic) -> None:
         ({"tools": [WEATHER]}, "does not support tools"),
         ({"temperature": 3}, "temperature"),
         ({"thinking": {"type": "sometimes"}}, "thinking.type"),
+        ({"messages": [{"role": "user", "content": [{"type": "image", "source": {
+            "type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}]}, "does not support images"),
+        ({"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}, "tools": [WEATHER],
+          "tool_choice": {"type": "any"}, "model": TOOLS_MODEL}, "cannot be combined"),
     ]
     for change, expected in cases:
         body = {"model": SMOL, "max_tokens": 5, "messages": HI, **change}
@@ -286,6 +299,8 @@ def test_sse_framing_bytes(msg_server: ServerProcess) -> None:
     final = [d for n, d in parsed if n == "message_delta"][0]
     assert final["delta"] == {"stop_reason": "max_tokens", "stop_sequence": None}
     assert final["usage"]["output_tokens"] == 3
+    # The events came from a producer task in the app's nursery (the path that can ping).
+    assert '"producer": "task"' in msg_server.log_path.read_text(errors="replace")
 
 
 # ----------------------------------------------------------------------------- overload
@@ -308,8 +323,10 @@ def _hold_the_slot_and_overflow(server: ServerProcess, client: Anthropic) -> Non
         with http.stream("POST", "/v1/messages", json=long_body) as long:
             lines = long.iter_lines()
             next(lines)  # the only slot is busy now
-            waiter = threading.Thread(target=lambda: client.messages.create(model=SMOL, max_tokens=2, messages=HI),
-                                      daemon=True)
+            served: list = []
+            waiter = threading.Thread(
+                target=lambda: served.append(client.messages.create(model=SMOL, max_tokens=2, messages=HI)),
+                daemon=True)
             waiter.start()
 
             def queued() -> int:
@@ -323,7 +340,9 @@ def _hold_the_slot_and_overflow(server: ServerProcess, client: Anthropic) -> Non
                 client.messages.create(model=SMOL, max_tokens=2, messages=HI)
             assert busy.value.status_code == 529 and busy.value.type == "overloaded_error"
             assert busy.value.response.headers.get("retry-after")
+        # Leaving the long stream gave its slot back: the queued request is served.
         waiter.join(timeout=120)
+        assert served and served[0].usage.output_tokens > 0
 
 
 # ----------------------------------------------------------------------------- docs
@@ -348,3 +367,54 @@ def test_docs_curl_examples(msg_server: ServerProcess) -> None:
     assert '"input_tokens":' in result.stderr and '"type":"tool_use"' in result.stderr
     assert '"not_found_error"' in result.stderr
 
+
+
+# ----------------------------------------------------------------------------- Claude Code
+def _claude_code() -> Path:
+    """Claude Code's CLI, installed once with npm into the test cache; skips when that cannot work."""
+    import os
+    import shutil
+    import subprocess
+
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not installed, so Claude Code cannot be installed")
+    cache = Path(os.environ.get("TRILLAMA_TEST_CACHE", Path.home() / ".cache" / "trillama-tests")) / "claude-code"
+    binary = cache / "node_modules" / ".bin" / "claude"
+    if not binary.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(cache),
+                                 "@anthropic-ai/claude-code"], capture_output=True, text=True, timeout=600)
+        if result.returncode != 0 or not binary.exists():
+            pytest.skip(f"npm could not install @anthropic-ai/claude-code: {result.stderr[-500:]}")
+    probe = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"Claude Code is installed but does not run here: {probe.stderr[-500:]}")
+    return binary
+
+
+def test_claude_code_prints_an_answer(msg_server: ServerProcess, tmp_path: Path) -> None:
+    """One non-interactive prompt (``claude -p``) through this server, as a user would run it."""
+    import os
+    import subprocess
+
+    binary = _claude_code()
+    env = {
+        **os.environ, "HOME": str(tmp_path), "ANTHROPIC_BASE_URL": msg_server.base_url,
+        "ANTHROPIC_AUTH_TOKEN": "unused", "ANTHROPIC_SMALL_FAST_MODEL": TOOLS_MODEL,
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": TOOLS_MODEL, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
+        # Claude Code asks for up to 32k tokens; a tiny model may ramble that long on a busy CPU.
+        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "24",
+    }
+    before = msg_server.log_path.read_text(errors="replace").count('"path": "/v1/messages"')
+    result = subprocess.run(
+        [str(binary), "--bare", "-p", "Say hello in one word.", "--model", TOOLS_MODEL, "--tools", "",
+         "--max-turns", "1", "--output-format", "json"],
+        env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-2000:])
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["type"] == "result" and answer["is_error"] is False, answer
+    assert answer["result"].strip()
+    assert 0 < answer["usage"]["output_tokens"] <= 24
+    assert msg_server.log_path.read_text(errors="replace").count('"path": "/v1/messages"') > before

@@ -23,6 +23,7 @@ from trillama.api.anthropic.stream import stream_events
 from trillama.api.anthropic.translate import (
     native_messages,
     native_tools,
+    output_schema,
     parse_tool_choice,
     stop_sequences,
     system_text,
@@ -167,6 +168,14 @@ def test_thinking_maps_to_think() -> None:
     assert "thinking.type" in _error(think_value, {"type": "on"})
     assert "budget_tokens" in _error(think_value, {"type": "enabled", "budget_tokens": -1})
     assert "output_config.effort" in _error(think_value, None, {"effort": "extreme"})
+
+
+def test_output_config_format() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert output_schema(None) is None and output_schema({"effort": "low"}) is None
+    assert output_schema({"format": {"type": "json_schema", "schema": schema}}) == schema
+    assert "output_config.format" in _error(output_schema, {"format": {"type": "xml"}})
+    assert "output_config.format.schema" in _error(output_schema, {"format": {"type": "json_schema"}})
 
 
 def test_stop_sequences() -> None:
@@ -321,3 +330,24 @@ async def test_inline_pump_without_a_nursery() -> None:
     pump = await Pump.start(None, _items(("message_stop", {"type": "message_stop"})))
     assert await pump.next(0) == ("item", ("message_stop", {"type": "message_stop"}))
     assert await pump.next(0) == ("end", None)
+
+
+async def test_error_response_turns_any_exception_into_anthropic_shape() -> None:
+    from quart_trio import QuartTrio
+    from werkzeug.exceptions import RequestEntityTooLarge
+
+    from trillama.api.anthropic import error_response
+    from trillama.api.errors import SERVER_BUSY
+
+    app = QuartTrio("test")
+    async with app.test_request_context("/v1/messages", method="POST"):
+        unexpected = error_response(KeyError("boom"))
+        busy = error_response(APIError(503, SERVER_BUSY, headers={"Retry-After": "1"}))
+        too_large = error_response(RequestEntityTooLarge())
+        assert unexpected.status_code == 500
+        assert json.loads(await unexpected.get_data()) == {
+            "type": "error", "error": {"type": "api_error", "message": "internal error: KeyError"}}
+        assert busy.status_code == 529 and busy.headers["Retry-After"] == "1"
+        assert json.loads(await busy.get_data())["error"] == {"type": "overloaded_error", "message": SERVER_BUSY}
+        assert too_large.status_code == 413
+        assert json.loads(await too_large.get_data())["error"]["type"] == "request_too_large"

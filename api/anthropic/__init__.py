@@ -40,8 +40,10 @@ blueprint = Blueprint("anthropic", __name__)
 
 def error_response(exc: BaseException) -> Response:
     """Any exception as Anthropic's error object with the status its SDK maps to the right class."""
+    from werkzeug.exceptions import HTTPException
+
     error = to_api_error(exc)
-    if error is not exc:
+    if error is not exc and not isinstance(exc, HTTPException):
         log.error("anthropic_unexpected_error", error=repr(exc), path=request.path, exc_info=exc)
     return json_response(error_body(error.status, error.message), status=wire_status(error.status),
                          headers=dict(error.headers))
@@ -57,11 +59,14 @@ async def messages() -> Response:
     timer = Timer()
     req = await read_request(request, MessagesRequest)
     plan = plan_messages(req)
+    # The app's nursery (QuartTrio's, opened by the ASGI lifespan) runs a stream's producer so
+    # that pings can flow while it waits; without one the stream runs inline, without pings.
+    nursery = getattr(current_app, "nursery", None) if req.stream else None
     log.info("anthropic_messages", model=req.model, stream=req.stream, tools=len(plan.tools or ()),
-             tool_choice=plan.choice.mode, think=plan.think)
+             tool_choice=plan.choice.mode, think=plan.think,
+             producer=("task" if nursery is not None else "inline") if req.stream else None)
     events = message_events(plan, timer)
     if req.stream:
-        nursery = getattr(current_app, "nursery", None)
         return await sse_response(stream_events(events, model=req.model), nursery=nursery)
     return json_response(await collect_message(events, model=req.model))
 

@@ -3,7 +3,7 @@
 Every 4xx comes from here, before a model is leased: a bad request never loads a model and never
 gets a 200 stream that then fails. The plan holds what the model-actor path needs, in the same
 values ``/api/chat`` builds: the stored model, native messages, tools, ``think``, merged Ollama
-options and the grammar that enforces a forced tool choice.
+options and the grammar that enforces a forced tool choice or ``output_config.format``.
 
 Options are layered as on ``/api/chat``: Modelfile parameters, then Ollama ``options`` sent as an
 extra body field, then the Anthropic fields the request set (``max_tokens`` → ``num_predict``,
@@ -17,11 +17,12 @@ from typing import Any
 
 import attrs
 
-from trillama.actors.structured import FormatError, grammar_for_tool_call
+from trillama.actors.structured import FormatError, grammar_for_format, grammar_for_tool_call
 from trillama.api.anthropic.translate import (
     ToolChoice,
     native_messages,
     native_tools,
+    output_schema,
     parse_tool_choice,
     stop_sequences,
     think_value,
@@ -121,7 +122,15 @@ def _plan(req: _Conversation, options: dict[str, Any]) -> Plan:
     if tools and "tools" not in caps:
         raise APIError(400, f"{record.name.display} does not support tools")
     think = _think(req, record)
+    schema = output_schema(req.output_config)
     grammar = None
+    if schema is not None and choice.forced:
+        raise APIError(400, "output_config.format cannot be combined with a tool_choice that forces a tool call")
+    if schema is not None:
+        try:
+            grammar = grammar_for_format(schema)
+        except FormatError as exc:
+            raise APIError(400, f"output_config.format.schema: {exc}") from None
     if choice.forced:
         assert tools is not None
         # The grammar makes the call the first thing the model writes; a template that opened a

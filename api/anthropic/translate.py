@@ -31,7 +31,7 @@ from trillama.api.errors import APIError
 from trillama.logs import get_logger
 
 __all__ = ["ToolChoice", "system_text", "native_messages", "native_tools", "parse_tool_choice",
-           "think_value", "stop_sequences"]
+           "think_value", "stop_sequences", "output_schema"]
 
 log = get_logger("trillama.api.anthropic")
 
@@ -356,3 +356,20 @@ def stop_sequences(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
         raise _bad("stop_sequences", "expected an array of strings")
     return tuple(s for s in value if s)
+
+
+def output_schema(output_config: Any) -> dict[str, Any] | None:
+    """``output_config.format`` (structured outputs: ``{"type": "json_schema", "schema": {...}}``)."""
+    if output_config is None:
+        return None
+    if not isinstance(output_config, Mapping):
+        raise _bad("output_config", f"expected an object, got {_kind(output_config)}")
+    fmt = output_config.get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, Mapping) or fmt.get("type") != "json_schema":
+        raise _bad("output_config.format", "expected {\"type\": \"json_schema\", \"schema\": {...}}")
+    schema = fmt.get("schema")
+    if not isinstance(schema, Mapping):
+        raise _bad("output_config.format.schema", f"expected a JSON schema object, got {_kind(schema)}")
+    return dict(schema)
