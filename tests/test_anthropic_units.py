@@ -351,3 +351,13 @@ async def test_error_response_turns_any_exception_into_anthropic_shape() -> None
         assert json.loads(await busy.get_data())["error"] == {"type": "overloaded_error", "message": SERVER_BUSY}
         assert too_large.status_code == 413
         assert json.loads(await too_large.get_data())["error"]["type"] == "request_too_large"
+
+
+def test_errors_outside_the_blueprint_under_v1_messages_are_in_anthropics_shape():
+    from trillama.api import anthropic  # noqa: F401  (registers the shape)
+    from trillama.api.errors import error_body
+
+    body = error_body("/v1/messages/batches", 404, "404 page not found")
+    assert body == {"type": "error", "error": {"type": "not_found_error", "message": "404 page not found"}}
+    # the rest of /v1 keeps OpenAI's error object
+    assert error_body("/v1/chat/completions", 404, "x").get("type") != "error"

@@ -28,6 +28,7 @@ from trillama.api.anthropic.sse import sse_response
 from trillama.api.anthropic.stream import stream_events
 from trillama.api.completion import Timer
 from trillama.api.decode import read_request
+from trillama.api.errors import register_error_shape
 from trillama.api.streaming import json_response
 from trillama.logs import get_logger
 
@@ -36,6 +37,10 @@ __all__ = ["blueprint", "error_response"]
 log = get_logger("trillama.api.anthropic")
 
 blueprint = Blueprint("anthropic", __name__)
+
+# Errors answered outside this blueprint's handler (an unknown path under /v1/messages, a request
+# refused before it was routed) still get Anthropic's shape rather than OpenAI's /v1 one.
+register_error_shape("/v1/messages", error_body)
 
 
 def error_response(exc: BaseException) -> Response:
