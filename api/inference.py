@@ -35,6 +35,7 @@ from trillama.api.prompting import (
     build_chat_prompt,
     build_generate_prompt,
     check_think,
+    generate_thinking_splitter,
     decode_images,
     require_vision,
 )
@@ -184,14 +185,31 @@ async def generate() -> Response:
                                    grammar=grammar, logprobs=req.logprobs or req.top_logprobs > 0,
                                    top_logprobs=req.top_logprobs, num_ctx=lease.num_ctx_for(merged.get("num_ctx")),
                                    shift=req.shift, images=tuple(images))
+            splitter = generate_thinking_splitter(record, prompt, raw=req.raw, template=req.template,
+                                                  think=think)
+
+            def piece(text: str, thinking: str = "") -> dict:
+                chunk = {"model": req.model, "created_at": now_rfc3339(), "response": text, "done": False}
+                if thinking:
+                    chunk["thinking"] = thinking
+                return chunk
+
             async for event in run_job(lease, job):
                 if isinstance(event, Piece):
-                    chunk = {"model": req.model, "created_at": now_rfc3339(), "response": event.text,
-                             "done": False}
+                    if splitter is None:
+                        chunk = piece(event.text)
+                    else:
+                        split = splitter.feed(event.text)
+                        chunk = piece(split.content, split.thinking)
                     if event.logprobs:
                         chunk["logprobs"] = event.logprobs
-                    yield chunk
+                    if chunk["response"] or chunk.get("thinking") or event.logprobs or splitter is None:
+                        yield chunk
                 else:
+                    if splitter is not None:
+                        split = splitter.flush()
+                        if split.content or split.thinking:
+                            yield piece(split.content, split.thinking)
                     final = {"model": req.model, "created_at": now_rfc3339(), "response": "", "done": True,
                              "done_reason": event.done_reason}
                     if not req.raw:
@@ -202,6 +220,9 @@ async def generate() -> Response:
     def collect(items: list[dict]) -> dict:
         final = dict(items[-1])
         final["response"] = "".join(c.get("response", "") for c in items)
+        thinking = "".join(c.get("thinking", "") for c in items)
+        if thinking:
+            final["thinking"] = thinking
         logprobs = [lp for c in items for lp in c.get("logprobs", [])]
         if logprobs:
             final["logprobs"] = logprobs

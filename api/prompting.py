@@ -20,7 +20,7 @@ from trillama.actors.prompt.thinking import ThinkingSplitter, prompt_opens_think
 from trillama.actors.prompt.toolcalls import ToolCallParser
 from trillama.api.errors import APIError
 
-__all__ = ["prompt_format", "build_generate_prompt", "build_chat_prompt", "ChatPrompt", "check_think",
+__all__ = ["prompt_format", "build_generate_prompt", "generate_thinking_splitter", "thinking_splitter", "build_chat_prompt", "ChatPrompt", "check_think",
            "parse_messages", "decode_images", "require_vision"]
 
 _THINK_LEVELS = ("high", "medium", "low", "max")
@@ -170,14 +170,33 @@ class ChatPrompt:
     images: tuple[bytes, ...] = ()
 
     def output_parser(self) -> OutputParser:
-        thinking = None
-        if self.think:
-            opening, closing = self.fmt.thinking_tags()
-            if opening and closing:
-                thinking = ThinkingSplitter(opening, closing,
-                                            started=prompt_opens_thinking(self.text, opening))
         tools = ToolCallParser(self.tools, self.fmt.tool_call_tag()) if self.tools else None
-        return OutputParser(thinking=thinking, tools=tools)
+        return OutputParser(thinking=thinking_splitter(self.fmt, self.text, self.think), tools=tools)
+
+
+def thinking_splitter(fmt: PromptFormat, prompt: str, think: bool | str | None) -> ThinkingSplitter | None:
+    """The splitter of thinking from content for one answer, or ``None`` when nothing thinks.
+
+    Shared by chat and generate: Ollama answers both with a separate ``thinking`` field when
+    thinking is on and the template names its tags.
+    """
+    if not think:
+        return None
+    opening, closing = fmt.thinking_tags()
+    if not (opening and closing):
+        return None
+    return ThinkingSplitter(opening, closing, started=prompt_opens_thinking(prompt, opening))
+
+
+def generate_thinking_splitter(record: Any, prompt: str, *, raw: bool, template: str | None,
+                               think: bool | str | None) -> ThinkingSplitter | None:
+    """:func:`thinking_splitter` for ``/api/generate`` (raw prompts are passed through untouched)."""
+    if raw:
+        return None
+    fmt = prompt_format(record)
+    if template:
+        fmt = attrs.evolve(fmt, template=template)
+    return thinking_splitter(fmt, prompt, think)
 
 
 async def build_chat_prompt(

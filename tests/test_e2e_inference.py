@@ -256,3 +256,32 @@ def test_docs_curl_examples(server):
     statuses = result.stdout.split()
     assert len(statuses) == 12 and set(statuses) == {"200"}, (statuses, result.stderr)
     assert '"done_reason":"unload"' in result.stderr and '"embeddings":[[' in result.stderr
+
+
+# A template that opens a thinking block when asked to think: what the model writes then is
+# thinking until it closes the tag (the bundled model rarely does within a few tokens).
+THINKING_TEMPLATE = """{{- range .Messages }}<|im_start|>{{ .Role }}
+{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}<|im_end|>
+{{ end }}<|im_start|>assistant
+{{ if .Think }}<think>
+{{ end }}"""
+
+
+def test_generate_answers_thinking_in_its_own_field(server):
+    """As Ollama's /api/generate: with ``think`` the thinking travels in ``thinking``, not ``response``."""
+    with server.client() as http:
+        r = http.post("/api/create", json={"model": "thinker", "from": SMOL, "template": THINKING_TEMPLATE,
+                                           "stream": False})
+        assert r.status_code == 200, r.text
+        body = {"model": "thinker", "prompt": "Why is the sky blue?", "think": True,
+                "options": {"num_predict": 12, "temperature": 0}}
+        with http.stream("POST", "/api/generate", json=body) as streamed:
+            chunks = [json.loads(line) for line in streamed.iter_lines() if line.strip()]
+        thinking = "".join(c.get("thinking", "") for c in chunks)
+        response = "".join(c["response"] for c in chunks)
+        assert chunks[-1]["done"] is True and thinking.strip()
+        assert "<think>" not in response and "<think>" not in thinking
+        whole = http.post("/api/generate", json={**body, "stream": False}).json()
+        assert (whole["thinking"], whole["response"]) == (thinking, response)
+        plain = http.post("/api/generate", json={**body, "think": False, "stream": False}).json()
+        assert "thinking" not in plain and plain["response"].strip()
