@@ -18,9 +18,10 @@ from trillama.actors.prompt.render import PromptFormat, TemplateError, truncate_
 from trillama.actors.prompt.truncate import IMAGE_TOKENS
 from trillama.actors.prompt.thinking import ThinkingSplitter, prompt_opens_thinking
 from trillama.actors.prompt.toolcalls import ToolCallParser
+from trillama.actors.structured import FormatError, grammar_for_tool_call
 from trillama.api.errors import APIError
 
-__all__ = ["prompt_format", "build_generate_prompt", "generate_thinking_splitter", "thinking_splitter", "build_chat_prompt", "ChatPrompt", "check_think",
+__all__ = ["prompt_format", "build_generate_prompt", "forced_tool_call", "generate_thinking_splitter", "thinking_splitter", "build_chat_prompt", "ChatPrompt", "check_think",
            "parse_messages", "decode_images", "require_vision"]
 
 _THINK_LEVELS = ("high", "medium", "low", "max")
@@ -237,3 +238,19 @@ async def build_chat_prompt(
         raise APIError(400, f"template error: {exc}") from None
     images = tuple(decode_images([image for m in messages for image in m.images])) if vision else ()
     return ChatPrompt(text=text, fmt=fmt, tools=tools, think=think, images=images)
+
+
+def forced_tool_call(record: Any, tools: Sequence[dict[str, Any]], name: str | None,
+                     think: bool | str | None) -> tuple[str, bool | str | None]:
+    """The grammar that makes a tool call the model's whole answer, and the ``think`` to run it with.
+
+    For every protocol's "must call a tool" (OpenAI's ``required`` or a named function,
+    Anthropic's ``any`` or ``tool``): the grammar makes the call the very first thing the model
+    writes, in the template's own tool-call syntax; a template that opened a thinking block would
+    have the call read as thinking, so thinking is turned off.
+    """
+    try:
+        grammar = grammar_for_tool_call(tools, prompt_format(record).tool_call_tag(), only=name)
+    except FormatError as exc:
+        raise APIError(400, str(exc)) from None
+    return grammar, (False if think else think)

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from trillama.actors.structured import FormatError, grammar_for_format, grammar_for_tool_call
+from trillama.actors.structured import FormatError, grammar_for_format
 from trillama.api.anthropic.translate import (
     ToolChoice,
     native_messages,
@@ -29,7 +29,7 @@ from trillama.api.anthropic.translate import (
 )
 from trillama.api.completion import coerce_request_options, parse_keep_alive_field, resolve_model
 from trillama.api.errors import APIError
-from trillama.api.prompting import check_think, prompt_format, require_vision
+from trillama.api.prompting import check_think, forced_tool_call, require_vision
 from trillama.logs import get_logger
 
 __all__ = ["MessagesRequest", "CountTokensRequest", "Plan", "plan_messages", "plan_count"]
@@ -133,13 +133,7 @@ def _plan(req: _Conversation, options: dict[str, Any]) -> Plan:
             raise APIError(400, f"output_config.format.schema: {exc}") from None
     if choice.forced:
         assert tools is not None
-        # The grammar makes the call the first thing the model writes; a template that opened a
-        # thinking block would have the call read as thinking, so thinking is off.
-        think = False if think else think
-        try:
-            grammar = grammar_for_tool_call(tools, prompt_format(record).tool_call_tag(), only=choice.name)
-        except FormatError as exc:
-            raise APIError(400, str(exc)) from None
+        grammar, think = forced_tool_call(record, tools, choice.name, think)
     merged = {**(record.parameters or {}), **coerce_request_options(req.options), **options}
     return Plan(model=req.model, record=record, messages=messages, tools=tools, choice=choice, think=think,
                 options=merged, keep_alive=keep_alive, grammar=grammar, stop=tuple(options.get("stop") or ()))

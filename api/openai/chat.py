@@ -17,7 +17,6 @@ from quart import Response, request
 
 from trillama.actors.runner.messages import Done, Piece
 from trillama.actors.sampling import job_from_options
-from trillama.actors.structured import FormatError, grammar_for_tool_call
 from trillama.api.completion import Timer, model_lease, parse_keep_alive_field, resolve_model, run_job
 from trillama.api.decode import read_request
 from trillama.api.errors import APIError
@@ -38,7 +37,7 @@ from trillama.api.openai.common import (
 )
 from trillama.api.openai.messages import native_messages
 from trillama.api.openai.tools import check_tools, ollama_format, parse_tool_choice, think_value
-from trillama.api.prompting import build_chat_prompt, check_think, prompt_format, require_vision
+from trillama.api.prompting import build_chat_prompt, check_think, forced_tool_call, require_vision
 from trillama.api.streaming import json_response
 from trillama.logs import get_logger
 
@@ -240,13 +239,7 @@ def plan_chat(req: ChatCompletionRequest) -> ChatPlan:
     think = check_think(think_value(req.reasoning_effort, req.reasoning), record, req.model)
     if choice.forced:
         assert tools is not None
-        # The grammar makes the call the very first thing the model writes; a template that
-        # opened a thinking block would have the call read as thinking, so thinking is off.
-        think = False if think else think
-        try:
-            grammar = grammar_for_tool_call(tools, prompt_format(record).tool_call_tag(), only=choice.name)
-        except FormatError as exc:
-            raise APIError(400, str(exc)) from None
+        grammar, think = forced_tool_call(record, tools, choice.name, think)
     else:
         grammar = format_grammar(ollama_format(req.response_format))
     num_predict = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
