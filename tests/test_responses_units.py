@@ -420,8 +420,8 @@ async def test_a_continued_prompt_starts_with_the_previous_prompt_and_answer(mon
         def gguf_info(self):
             return info
 
-    async def count(text: str) -> list[int]:
-        return [0] * len(text)
+    async def count(text: str, limit: int) -> list[int] | None:
+        return [0] * len(text) if len(text) <= limit else None
 
     async def render(plan) -> str:
         prompt = await build_chat_prompt(Record(), native_messages(plan.chat.messages), tools=None, think=None,
