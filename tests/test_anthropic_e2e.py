@@ -418,3 +418,13 @@ def test_claude_code_prints_an_answer(msg_server: ServerProcess, tmp_path: Path)
     assert answer["result"].strip()
     assert 0 < answer["usage"]["output_tokens"] <= 24
     assert msg_server.log_path.read_text(errors="replace").count('"path": "/v1/messages"') > before
+
+
+def test_count_tokens_of_a_prompt_past_the_context_is_a_bad_request(claude: Anthropic) -> None:
+    """Bounded as a generation is: a message the model could not read is a 400, quickly, and the
+    runner never tokenizes all of it (issue 12's unbounded-prompt defect, on this route)."""
+    huge = "lorem ipsum " * 400_000  # ~4.8 MB: far past 4096 tokens
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        claude.messages.count_tokens(model=SMOL, messages=[{"role": "user", "content": huge}])
+    assert refused.value.type == "invalid_request_error"
+    assert "context" in refused.value.api_message or "too long" in refused.value.api_message

@@ -20,10 +20,11 @@ import attrs
 
 from trillama.actors.model import Lease
 from trillama.actors.prompt.truncate import IMAGE_TOKENS
-from trillama.actors.runner.messages import Done, Piece
+from trillama.actors.runner.messages import PROMPT_TOO_LONG, Done, Piece
 from trillama.actors.sampling import job_from_options
 from trillama.api.anthropic.plan import Plan
 from trillama.api.completion import Timer, model_lease, run_job
+from trillama.api.errors import APIError
 from trillama.api.prompting import ChatPrompt, build_chat_prompt
 
 __all__ = ["Delta", "Finish", "ToolUse", "message_events", "count_prompt_tokens", "new_tool_use_id",
@@ -66,10 +67,17 @@ async def _render(plan: Plan, lease: Lease) -> tuple[ChatPrompt, int]:
     return prompt, num_ctx
 
 
-async def _token_count(lease: Lease, text: str) -> int:
+async def _token_count(lease: Lease, text: str, num_ctx: int) -> int:
     """The prompt's length as the runner builds it: the text's tokens (special tokens parsed, as
-    the runner parses them), plus BOS when the model adds one and the text does not start with it."""
-    tokens = await lease.tokenize(text, add_special=False)
+    the runner parses them), plus BOS when the model adds one and the text does not start with it.
+
+    Bounded by the context, as a generation is: a prompt the model could not read is the same 400
+    here as on ``/v1/messages``, and a huge message never costs the runner memory in proportion
+    to its length (issue 12).
+    """
+    tokens = await lease.tokenize(text, num_ctx, add_special=False)
+    if tokens is None:
+        raise APIError(400, PROMPT_TOO_LONG)
     runner = lease.actor.runner
     if runner is not None and runner.facts is not None and runner.facts.add_bos:
         bos = (await lease.tokenize("", add_special=True))[:1]
@@ -81,8 +89,8 @@ async def _token_count(lease: Lease, text: str) -> int:
 async def count_prompt_tokens(plan: Plan, timer: Timer) -> int:
     """The number of prompt tokens ``plan`` would make the model read (images as Ollama counts them)."""
     async with model_lease(plan.record, plan.options, plan.keep_alive, timer) as lease:
-        prompt, _ = await _render(plan, lease)
-        return await _token_count(lease, prompt.text) + IMAGE_TOKENS * len(prompt.images)
+        prompt, num_ctx = await _render(plan, lease)
+        return await _token_count(lease, prompt.text, num_ctx) + IMAGE_TOKENS * len(prompt.images)
 
 
 def matched_stop(generated: str, emitted: str, stops: tuple[str, ...]) -> str | None:
