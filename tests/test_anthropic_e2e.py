@@ -417,10 +417,11 @@ def test_claude_code_prints_an_answer(msg_server: ServerProcess, tmp_path: Path)
     shown = json.dumps(answer)[:3000]
     assert answer["type"] == "result" and answer.get("api_error_status") is None, shown
     assert answer["usage"]["output_tokens"] > 0, shown  # summed over its requests
-    if answer["stop_reason"] == "max_tokens":
-        # Claude Code sends temperature 1; a tiny model may ramble past the cap, which Claude Code
-        # reports as an error of its own after streaming the answer: still a full round trip.
-        assert answer["is_error"] is True, shown
+    if answer["is_error"] and "output token maximum" in answer["result"]:
+        # Claude Code sends temperature 1; a tiny model may ramble past the cap on every retry,
+        # which Claude Code reports as an error of its own after streaming the answers: still full
+        # round trips through this server.
+        assert answer["usage"]["output_tokens"] >= 64, shown
     else:
         assert result.returncode == 0 and answer["is_error"] is False and answer["result"].strip(), shown
     assert msg_server.log_path.read_text(errors="replace").count('"path": "/v1/messages"') > before
