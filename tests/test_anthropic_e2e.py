@@ -405,18 +405,25 @@ def test_claude_code_prints_an_answer(msg_server: ServerProcess, tmp_path: Path)
         "ANTHROPIC_DEFAULT_HAIKU_MODEL": TOOLS_MODEL, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
         # Claude Code asks for up to 32k tokens; a tiny model may ramble that long on a busy CPU.
-        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "24",
+        "CLAUDE_CODE_MAX_OUTPUT_TOKENS": "64",
     }
     before = msg_server.log_path.read_text(errors="replace").count('"path": "/v1/messages"')
     result = subprocess.run(
         [str(binary), "--bare", "-p", "Say hello in one word.", "--model", TOOLS_MODEL, "--tools", "",
          "--max-turns", "1", "--output-format", "json"],
         env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-2000:])
+    assert result.stdout.strip(), (result.returncode, result.stderr[-2000:])
     answer = json.loads(result.stdout.strip().splitlines()[-1])
-    assert answer["type"] == "result" and answer["is_error"] is False, answer
-    assert answer["result"].strip()
-    assert 0 < answer["usage"]["output_tokens"] <= 24
+    shown = json.dumps(answer)[:3000]
+    assert answer["type"] == "result" and answer.get("api_error_status") is None, shown
+    assert answer["usage"]["output_tokens"] > 0, shown  # summed over its requests
+    if answer["is_error"] and "output token maximum" in answer["result"]:
+        # Claude Code sends temperature 1; a tiny model may ramble past the cap on every retry,
+        # which Claude Code reports as an error of its own after streaming the answers: still full
+        # round trips through this server.
+        assert answer["usage"]["output_tokens"] >= 64, shown
+    else:
+        assert result.returncode == 0 and answer["is_error"] is False and answer["result"].strip(), shown
     assert msg_server.log_path.read_text(errors="replace").count('"path": "/v1/messages"') > before
 
 
