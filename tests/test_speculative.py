@@ -222,15 +222,31 @@ def test_repeat_penalties_see_the_same_history(harness):
     assert _tokens(on) == _tokens(off)
 
 
-def test_concurrent_slots_equal_their_single_undrafted_runs(harness):
+def test_concurrent_slots_equal_their_single_undrafted_runs(harness, monkeypatch):
     names = ["counting", "rewrite", "story", "list"]
     specs = [{"prompt": PROMPTS[n], "temperature": 0.0, "num_predict": 64} for n in names]
     harness.run([{**s, "draft_max": 0, "num_predict": 1} for s in specs])  # see _pair: same cache state
     alone = [harness.run([{**s, "draft_max": 0}])[0] for s in specs]
+    runs: list[list[int]] = []  # per decode: tokens of each sequence, in batch order
+    real_decode = L.llama_decode
+
+    def recording_decode(context, batch):
+        seqs = [batch.seq_id[i][0] for i in range(batch.n_tokens)]
+        runs.append([seqs.count(s) for s in sorted(set(seqs))])
+        return real_decode(context, batch)
+
+    monkeypatch.setattr(L, "llama_decode", recording_decode)
     together = harness.run(specs)
+    monkeypatch.setattr(L, "llama_decode", real_decode)
     for name, a, t in zip(names, alone, together):
         assert _tokens(t) == _tokens(a), name
     assert sum(t["done"]["draft_accepted"] for t in together) > 0
+    # Side by side, every sequence gets runs of one length (llama.cpp's equal split then needs
+    # one micro-batch); only a job near its num_predict end may be shorter.
+    drafted = [r for r in runs if len(r) == 4 and max(r) > 1]
+    assert drafted, runs
+    even = [r for r in drafted if len(set(r)) == 1]
+    assert len(even) >= 0.8 * len(drafted), drafted
 
 
 def test_context_end_is_respected_with_drafts(harness):

@@ -88,13 +88,14 @@ class Drafter:
             if t >= n:
                 index[tuple(toks[t - n : t])] = t
 
-    def propose(self, room: int, cost: float) -> list[int]:
+    def propose(self, room: int, cost: float, probe: bool = True) -> list[int]:
         """Draft tokens that may follow the context: as many as pay at this row ``cost``, at most
-        ``room``; none when the context's tail has not been seen before."""
+        ``room``; none when the context's tail has not been seen before. ``probe``: while drafting
+        does not pay, still try one token now and then."""
         k = best_length(self.rate, cost, min(room, self.limit))
         if k <= 0:
             self._idle += 1
-            if self._idle < _PROBE_EVERY or room <= 0:
+            if self._idle < _PROBE_EVERY or room <= 0 or not probe:
                 return []
             k = 1  # a probe: has the text started repeating?
         toks = self.tokens
@@ -136,23 +137,33 @@ class RowCost:
     Steps that prefill a prompt are not observed (their time is the prompt's).
     """
 
-    __slots__ = ("_plain", "_cost")
+    __slots__ = ("_plain", "_cost", "_since_plain")
 
     _ALPHA = 0.1
     _FLOOR, _CEILING = 0.01, 1.0
+    #: a step without drafts at least this often (per number of generating slots), so the
+    #: baseline stays measured even while every step could draft
+    PLAIN_EVERY = 32
 
     def __init__(self, alone: float, shared: float) -> None:
         self._plain: dict[int, float] = {}
         self._cost = [alone, shared]
+        self._since_plain: dict[int, int] = {}
 
     def get(self, shared: bool) -> float:
         return self._cost[shared]
+
+    def wants_plain(self, n_generating: int) -> bool:
+        """True when the next step with this many generating slots should not draft."""
+        return n_generating not in self._plain or self._since_plain.get(n_generating, 0) >= self.PLAIN_EVERY
 
     def observe(self, n_generating: int, rows: int, seconds: float, shared: bool) -> None:
         base = self._plain.get(n_generating)
         if rows == 0:
             self._plain[n_generating] = seconds if base is None else base + self._ALPHA * (seconds - base)
+            self._since_plain[n_generating] = 0
             return
+        self._since_plain[n_generating] = self._since_plain.get(n_generating, 0) + 1
         if not base:
             return
         sample = min(self._CEILING, max(self._FLOOR, (seconds / base - 1.0) / rows))

@@ -62,7 +62,7 @@ PROMPT_TOO_LONG = (
 #: and beside other sequences; the engine then measures them (``RowCost``). Drafting token m pays
 #: while acceptance**m > price.
 DRAFT_ROW_COST = 0.15
-DRAFT_ROW_COST_SHARED = 0.3
+DRAFT_ROW_COST_SHARED = 0.3  # per row of the equal-length runs (see _plan_drafts)
 
 _JOB_FIELDS = frozenset(f.name for f in attrs.fields(GenerateJob))
 _SEQ = operator.attrgetter("seq")
@@ -550,21 +550,38 @@ class Engine:
         """Give generating slots draft tokens out of the ``budget`` that real tokens left over.
 
         A draft may not reach past the job's context or its ``num_predict``: the step yields up
-        to one token more than it drafts. What a draft row costs depends on the batch: alone, a
-        row is a small share of a step; beside other sequences, llama.cpp's equal-split
-        micro-batching (one KV stream per slot) decodes a longer run of one sequence in an extra
-        pass, so there a draft must promise more to be worth it. Returns the draft rows.
+        to one token more than it drafts. Returns the draft rows.
+
+        Beside other sequences (``shared``), llama.cpp's equal split (one KV stream per slot)
+        puts into one micro-batch the same number of tokens of each sequence; uneven runs cost a
+        whole extra pass over the weights per length — 4 streams ran at half speed that way. So
+        there every generating slot gets the same number of rows: the longest draft any slot
+        wants, the others padded with their pending token repeated (a cheap guess, right now and
+        then in repetitive text). A slot that must not draft (``draft_max`` 0), or a recent plain
+        step missing for the row price, means no drafts in this step.
         """
         cost = self.row_cost.get(shared)
+        if self.row_cost.wants_plain(len(generating)) or (
+                shared and any(slot.job.drafter is None for slot in generating)):
+            return 0
         rows = 0
+        rooms = []
         for slot in generating:
             job = slot.job
-            drafter = job.drafter
-            if drafter is None or rows >= budget:
+            room = min(job.limit - len(slot.cached) - 1, job.max_new - len(job.generated) - 1)
+            rooms.append(room)
+            if job.drafter is None or room <= 0 or rows >= budget:
                 continue
-            room = min(job.limit - len(slot.cached) - 1, job.max_new - len(job.generated) - 1, budget - rows)
-            job.draft = draft = drafter.propose(room, cost)
+            job.draft = draft = job.drafter.propose(min(room, budget - rows), cost, probe=not shared)
             rows += len(draft)
+        if shared and rows:
+            k = max(len(slot.job.draft) for slot in generating)
+            for slot, room in zip(generating, rooms):
+                job = slot.job
+                pad = min(k - len(job.draft), room - len(job.draft), budget - rows)
+                if pad > 0:
+                    job.draft = job.draft + [job.draft[-1] if job.draft else job.last] * pad
+                    rows += pad
         return rows
 
     def _verify(self, slot: Slot, job: Job, i: int, events: list, now: int) -> None:
@@ -580,6 +597,7 @@ class Engine:
         draft, job.draft = job.draft, []
         drafter = job.drafter
         drafter.drafted += len(draft)
+        self.drafted += len(draft)  # counted first: the job may finish (and log) mid-draft
         start = len(slot.cached) - len(draft)  # KV position of the first draft token
         accepted = 0
         for m, tok in enumerate(draft):
@@ -588,6 +606,7 @@ class Engine:
                 break
             accepted += 1
             drafter.accepted += 1
+            self.draft_accepted += 1
         else:
             self._sample(slot, i + len(draft), events, now)
         keep = start + accepted
@@ -595,8 +614,6 @@ class Engine:
             L.llama_memory_seq_rm(self.mem, slot.seq, keep, -1)
             del slot.cached[keep:]
         drafter.verified(len(draft), accepted)
-        self.drafted += len(draft)
-        self.draft_accepted += accepted
 
     def _decode_one_image(self, events: list) -> None:
         """Encode and decode the next image of the oldest job that is waiting on one.
