@@ -63,6 +63,7 @@ PROMPT_TOO_LONG = (
 #: while acceptance**m > price.
 DRAFT_ROW_COST = 0.15
 DRAFT_ROW_COST_SHARED = 0.3  # per row of the equal-length runs (see _plan_drafts)
+_ANY_PRICE = 1e-3  # a price at which any draft with some hope is proposed whole
 
 _JOB_FIELDS = frozenset(f.name for f in attrs.fields(GenerateJob))
 _SEQ = operator.attrgetter("seq")
@@ -572,16 +573,36 @@ class Engine:
             rooms.append(room)
             if job.drafter is None or room <= 0 or rows >= budget:
                 continue
-            job.draft = draft = job.drafter.propose(min(room, budget - rows), cost, probe=not shared)
+            if shared:  # the whole candidate: the step-wide length is chosen below
+                job.draft = draft = job.drafter.propose(min(room, budget), _ANY_PRICE, probe=False)
+            else:
+                job.draft = draft = job.drafter.propose(min(room, budget - rows), cost)
             rows += len(draft)
         if shared and rows:
-            k = max(len(slot.job.draft) for slot in generating)
-            for slot, room in zip(generating, rooms):
-                job = slot.job
-                pad = min(k - len(job.draft), room - len(job.draft), budget - rows)
-                if pad > 0:
-                    job.draft = job.draft + [job.draft[-1] if job.draft else job.last] * pad
-                    rows += pad
+            return self._even_drafts(generating, rooms, budget, cost)
+        return rows
+
+    @staticmethod
+    def _even_drafts(generating: list[Slot], rooms: list[int], budget: int, cost: float) -> int:
+        """One draft length for all: the ``k`` that maximises expected confirmed tokens (slot i's
+        draft token m is worth ``rate_i ** m``, padding nothing) minus ``cost`` per row, with
+        ``n × k`` rows in all; drafts are cut to ``k`` and padded up to it."""
+        n = len(generating)
+        drafts = [slot.job.draft for slot in generating]
+        rates = [slot.job.drafter.rate for slot in generating]
+        best_k, best, gain = 0, 0.0, 0.0
+        for k in range(1, min(max(len(d) for d in drafts), budget // n) + 1):
+            gain += sum(r**k for d, r in zip(drafts, rates) if len(d) >= k)
+            if gain - cost * n * k > best:
+                best_k, best = k, gain - cost * n * k
+        rows = 0
+        for slot, room, draft in zip(generating, rooms, drafts):
+            k = min(best_k, max(0, room))
+            draft = draft[:k]
+            if len(draft) < k:
+                draft = draft + [draft[-1] if draft else slot.job.last] * (k - len(draft))
+            slot.job.draft = draft
+            rows += k
         return rows
 
     def _verify(self, slot: Slot, job: Job, i: int, events: list, now: int) -> None:
