@@ -19,7 +19,7 @@ import pytest
 from test_runner_process import COUNTING, MODEL, chat
 from trillama.actors.runner import native
 from trillama.actors.runner import protocol as P
-from trillama.actors.runner.drafting import Drafter, best_length
+from trillama.actors.runner.drafting import Drafter, RowCost, best_length
 from trillama.actors.runner.engine import Engine, JobError
 from trillama.actors.structured import grammar_for_format
 
@@ -236,6 +236,8 @@ def test_concurrent_slots_equal_their_single_undrafted_runs(harness, monkeypatch
         return real_decode(context, batch)
 
     monkeypatch.setattr(L, "llama_decode", recording_decode)
+    # Shared steps do not draft by default (DRAFT_ROW_COST_SHARED); a low price turns them on
+    monkeypatch.setattr(harness.engine, "row_cost", RowCost(0.15, 0.05))
     together = harness.run(specs)
     monkeypatch.setattr(L, "llama_decode", real_decode)
     for name, a, t in zip(names, alone, together):
