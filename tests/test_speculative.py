@@ -314,7 +314,7 @@ def test_chi2_helper_matches_known_values():
     assert math.isclose(_chi2_sf(2.0, 4), 0.7358, abs_tol=1e-3)
 
 
-def test_seeded_sampling_is_identical_and_the_distribution_is_unchanged(harness):
+def test_seeded_sampling_is_identical_and_the_distribution_is_unchanged(harness, monkeypatch):
     """Same seed, same tokens, drafts or not; over many seeds the distribution of the first
     drafted positions does not differ (chi-square homogeneity test, drafts on vs off, each arm
     with its own seeds)."""
@@ -323,6 +323,8 @@ def test_seeded_sampling_is_identical_and_the_distribution_is_unchanged(harness)
         off, on = _pair(harness, {**base, "seed": seed})
         assert _tokens(on) == _tokens(off)
     harness.run([{**base, "draft_max": 0, "num_predict": 1}] * 4)  # see _pair
+    # four at a time below: let shared steps draft too (off by default, DRAFT_ROW_COST_SHARED)
+    monkeypatch.setattr(harness.engine, "row_cost", RowCost(0.15, 0.05))
     n = 240
     arms = {}
     accepted = 0
