@@ -58,6 +58,7 @@ def job_from_options(
     if isinstance(stop, str):
         stop = (stop,)
     num_predict = options.get("num_predict")
+    draft_max = options.get("draft_max")
     return GenerateJob(
         prompt=prompt,
         prompt_tokens=prompt_tokens,
@@ -72,5 +73,6 @@ def job_from_options(
         num_ctx=num_ctx,
         shift=shift,
         images=images,
+        draft_max=int(draft_max) if draft_max is not None else None,
         **fields,
     )

@@ -157,6 +157,7 @@ async def run_job(lease: Lease, job: GenerateJob) -> AsyncIterator[Piece | Done]
                         entry.done_reason = event.done_reason
                 if isinstance(event, Done):
                     metrics.observe_tokens(lease.actor.name, event.prompt_eval_count, event.eval_count)
+                    metrics.observe_drafts(lease.actor.name, event.draft_count, event.draft_accepted)
                 yield event
                 if isinstance(event, Done):
                     return

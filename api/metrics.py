@@ -72,6 +72,9 @@ class Metrics:
         self.latency = Histogram("trillama_http_request_seconds", "Time to the response headers",
                                  ["route"], registry=self.registry)
         self.tokens = Counter("trillama_tokens", "Tokens processed", ["model", "kind"], registry=self.registry)
+        self.drafts = Counter("trillama_draft_tokens",
+                              "Prompt-lookup draft tokens verified (kind=drafted) and confirmed (kind=accepted)",
+                              ["model", "kind"], registry=self.registry)
         self.registry.register(_SchedulerCollector(scheduler))
         self.gateway = GatewayCollector(scheduler)  # vLLM's names, for LLM-aware gateways
         self.registry.register(self.gateway)
@@ -83,6 +86,10 @@ class Metrics:
     def observe_tokens(self, model: str, prompt: int, generated: int) -> None:
         self.tokens.labels(model, "prompt").inc(prompt)
         self.tokens.labels(model, "generated").inc(generated)
+
+    def observe_drafts(self, model: str, drafted: int, accepted: int) -> None:
+        self.drafts.labels(model, "drafted").inc(drafted)
+        self.drafts.labels(model, "accepted").inc(accepted)
 
 
 @blueprint.route("/metrics", methods=["GET"])

@@ -72,11 +72,12 @@ class StreamResult:
         return d
 
 
-def _body(endpoint: Endpoint, messages: list[dict], max_tokens: int) -> tuple[str, dict]:
+def _body(endpoint: Endpoint, messages: list[dict], max_tokens: int,
+          options: dict | None = None) -> tuple[str, dict]:
     if endpoint.protocol == "ndjson-chat":
         return "/api/chat", {
             "model": endpoint.model, "messages": messages, "stream": True, "keep_alive": -1,
-            "options": {"temperature": 0, "num_predict": max_tokens, "seed": 1},
+            "options": {"temperature": 0, "num_predict": max_tokens, "seed": 1, **(options or {})},
         }
     if endpoint.protocol == "ndjson-generate":
         system = "\n".join(m["content"] for m in messages if m["role"] == "system")
@@ -105,9 +106,12 @@ def _content_of(protocol: str, event: dict) -> str:
 
 
 async def run_stream(client: httpx.AsyncClient, endpoint: Endpoint, messages: list[dict],
-                     max_tokens: int) -> StreamResult:
-    """Send one streaming request and time it; never raises for server or network errors."""
-    path, body = _body(endpoint, messages, max_tokens)
+                     max_tokens: int, options: dict | None = None) -> StreamResult:
+    """Send one streaming request and time it; never raises for server or network errors.
+
+    ``options`` are extra native-API options (``ndjson-chat`` only), e.g. ``{"draft_max": 0}``.
+    """
+    path, body = _body(endpoint, messages, max_tokens, options)
     sse = endpoint.protocol == "sse-chat"
     t0 = time.perf_counter()
     ttfb = ttft = t_last = None

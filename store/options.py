@@ -39,6 +39,8 @@ OPTION_TYPES: dict[str, str] = {
     "draft_num_predict": "int",
     # trillama: slots for this model alone, over OLLAMA_NUM_PARALLEL (Ollama lacks it, ollama#8842)
     "num_parallel": "int",
+    # trillama: prompt-lookup draft tokens per step at most, 0 = no speculative decoding
+    "draft_max": "int",
     "num_keep": "int",
     "seed": "int",
     "num_predict": "int",

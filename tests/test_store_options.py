@@ -16,10 +16,11 @@ def test_table_matches_ollama_option_list() -> None:
         "num_keep", "seed", "num_predict", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n",
         "temperature", "repeat_penalty", "presence_penalty", "frequency_penalty", "stop",
     }
-    trillama_only = {"num_parallel"}  # per-model slots (ollama#8842)
+    trillama_only = {"num_parallel", "draft_max"}  # per-model slots (ollama#8842), speculation
     assert set(OPTION_TYPES) == ollama | trillama_only
     assert "num_ctx" in RUNNER_OPTIONS and "num_parallel" in RUNNER_OPTIONS
     assert "temperature" not in RUNNER_OPTIONS
+    assert "draft_max" not in RUNNER_OPTIONS  # per request: no reload
 
 
 def test_coerce_keeps_known_and_drops_unknown_and_null() -> None:

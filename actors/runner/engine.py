@@ -39,6 +39,7 @@ import attrs
 import llama_cpp as L
 
 from trillama.actors.runner import protocol as P
+from trillama.actors.runner.drafting import DEFAULT_DRAFT_MAX, MAX_DRAFT_MAX, Drafter, RowCost
 from trillama.actors.runner.embedding import ContextExceeded, Embedder
 from trillama.actors.runner.logprobs import token_logprob_entry
 from trillama.actors.runner.media import ImageSpan, MediaError, MediaPrompt, Vision
@@ -52,6 +53,16 @@ __all__ = ["Engine", "JobError", "Job", "Slot", "common_prefix"]
 
 log = get_logger("trillama.runner.engine")
 
+
+#: Starting prices of one draft row, as a share of a decode step, for a slot alone in the batch
+#: and beside other sequences; the engine then measures them (``RowCost``). Drafting token m pays
+#: while acceptance**m > price.
+DRAFT_ROW_COST = 0.15
+# Beside other sequences: 1.0 keeps shared steps from drafting (rate ** m never exceeds it).
+# Measured on the busy 2-core machine, 4 streams ran slower with drafts (0.56-0.78x) even with
+# equal-length runs, for reasons not yet found; a quiet-machine measurement should lower this.
+DRAFT_ROW_COST_SHARED = 1.0
+_ANY_PRICE = 1e-3  # a price at which any draft with some hope is proposed whole
 
 _JOB_FIELDS = frozenset(f.name for f in attrs.fields(GenerateJob))
 _SEQ = operator.attrgetter("seq")
@@ -90,6 +101,8 @@ class Job:
     held_logprobs: list = attrs.Factory(list)
     spans: list[ImageSpan] = attrs.Factory(list)  # images in ``prompt``, by start position
     media: MediaPrompt | None = None  # owns the image chunks of ``spans``
+    drafter: Drafter | None = None  # prompt-lookup drafts; None when draft_max is 0
+    draft: list[int] = attrs.Factory(list)  # tokens drafted after ``last`` in the current batch
 
     def next_image(self, head: int) -> ImageSpan | None:
         """The first image that starts at or after prompt position ``head``."""
@@ -161,6 +174,11 @@ class Engine:
         self.stopping = False
         self.emit = emit
         self._embedder: Embedder | None = None
+        # Rejected drafts are cut off the sequence's tail; a recurrent memory cannot do that.
+        self.can_draft = not (L.llama_model_is_recurrent(model.ptr) or L.llama_model_is_hybrid(model.ptr))
+        self.row_cost = RowCost(DRAFT_ROW_COST, DRAFT_ROW_COST_SHARED)
+        self.drafted = 0  # draft tokens put in batches, all jobs
+        self.draft_accepted = 0  # of which the model confirmed
 
     # ------------------------------------------------------------------ called from other threads
     def submit(self, command: tuple) -> None:
@@ -238,6 +256,10 @@ class Engine:
         if not 0 <= top <= 20:
             raise JobError("top_logprobs must be between 0 and 20", "bad_request")
         num_predict = int(spec.get("num_predict", -1))
+        draft_max = spec.get("draft_max")
+        draft_max = DEFAULT_DRAFT_MAX if draft_max is None else int(draft_max)
+        if not 0 <= draft_max <= MAX_DRAFT_MAX:
+            raise JobError(f"draft_max must be between 0 and {MAX_DRAFT_MAX}", "bad_request")
         try:
             chain = build_chain(model, spec, n_ctx=limit)
         except GrammarError as exc:
@@ -259,6 +281,7 @@ class Engine:
             top_logprobs=top,
             spans=spans,
             media=media,
+            drafter=Drafter(tokens, draft_max) if draft_max else None,
         )
 
     # ------------------------------------------------------------------ the decode thread
@@ -443,6 +466,9 @@ class Engine:
                 budget -= take
                 if budget <= 0:
                     break
+        rows = 0
+        if budget > 0 and generating and self.can_draft:
+            rows = self._plan_drafts(generating, budget, shared=len(generating) > 1 or bool(chunk))
         # Written in sequence-id order. With one KV stream per slot, llama.cpp puts into one
         # micro-batch only sequences whose ids increase by one in batch order; any other order
         # (slots taken 2, 0, 3, 1 by prefix reuse) splits every step into several decodes.
@@ -459,19 +485,30 @@ class Engine:
                 job.i_batch = -1 if rest else n - 1
             else:
                 cached = slot.cached
+                seq = slot.seq
                 tok_arr[n] = job.last
                 pos_arr[n] = len(cached)
-                seq_arr[n] = slot.seq
+                seq_arr[n] = seq
                 out_arr[n] = 1
                 job.i_batch = n
                 cached.append(job.last)
                 n += 1
+                for tok in job.draft:  # every draft position gets its logits row too
+                    tok_arr[n] = tok
+                    pos_arr[n] = len(cached)
+                    seq_arr[n] = seq
+                    out_arr[n] = 1
+                    cached.append(tok)
+                    n += 1
         if n == 0:
             if events:
                 self.emit(events)
             return
         batch.struct.n_tokens = n
+        t0 = time.perf_counter()
         rc = L.llama_decode(self.ctx, batch.struct)
+        if not chunk and generating:
+            self.row_cost.observe(len(generating), rows, time.perf_counter() - t0, len(generating) > 1)
         if rc != 0:
             self._decode_failed(rc, events)
             return
@@ -489,7 +526,10 @@ class Engine:
             job.i_batch = -1
             if not job.t_first:
                 now = now or time.monotonic_ns()
-            self._sample(slot, i, events, now)
+            if job.draft:
+                self._verify(slot, job, i, events, now)
+            else:
+                self._sample(slot, i, events, now)
 
     def _sample(self, slot: Slot, i: int, events: list, now: int) -> None:
         """Sample ``slot``'s next token from output row ``i`` of the last decode, stream it."""
@@ -506,6 +546,8 @@ class Engine:
             self._finish(slot, "stop", events)
             return
         job.generated.append(tok)
+        if job.drafter is not None:
+            job.drafter.append(tok)
         data = model.pieces.get(tok)
         if data is None:
             data = model.piece(tok)
@@ -527,6 +569,95 @@ class Engine:
             else:
                 events.append([P.EV_PIECE, job.job_id, text, None])
         job.last = tok
+
+    def _plan_drafts(self, generating: list[Slot], budget: int, shared: bool) -> int:
+        """Give generating slots draft tokens out of the ``budget`` that real tokens left over.
+
+        A draft may not reach past the job's context or its ``num_predict``: the step yields up
+        to one token more than it drafts. Returns the draft rows.
+
+        Beside other sequences (``shared``), llama.cpp's equal split (one KV stream per slot)
+        puts into one micro-batch the same number of tokens of each sequence; uneven runs cost a
+        whole extra pass over the weights per length — 4 streams ran at half speed that way. So
+        there every generating slot gets the same number of rows: the longest draft any slot
+        wants, the others padded with their pending token repeated (a cheap guess, right now and
+        then in repetitive text). A slot that must not draft (``draft_max`` 0), or a recent plain
+        step missing for the row price, means no drafts in this step.
+        """
+        cost = self.row_cost.get(shared)
+        if self.row_cost.wants_plain(len(generating)) or (
+                shared and any(slot.job.drafter is None for slot in generating)):
+            return 0
+        rows = 0
+        rooms = []
+        for slot in generating:
+            job = slot.job
+            room = min(job.limit - len(slot.cached) - 1, job.max_new - len(job.generated) - 1)
+            rooms.append(room)
+            if job.drafter is None or room <= 0 or rows >= budget:
+                continue
+            if shared:  # the whole candidate: the step-wide length is chosen below
+                job.draft = draft = job.drafter.propose(min(room, budget), _ANY_PRICE, probe=False)
+            else:
+                job.draft = draft = job.drafter.propose(min(room, budget - rows), cost)
+            rows += len(draft)
+        if shared and rows:
+            return self._even_drafts(generating, rooms, budget, cost)
+        return rows
+
+    @staticmethod
+    def _even_drafts(generating: list[Slot], rooms: list[int], budget: int, cost: float) -> int:
+        """One draft length for all: the ``k`` that maximises expected confirmed tokens (slot i's
+        draft token m is worth ``rate_i ** m``, padding nothing) minus ``cost`` per row, with
+        ``n × k`` rows in all; drafts are cut to ``k`` and padded up to it."""
+        n = len(generating)
+        drafts = [slot.job.draft for slot in generating]
+        rates = [slot.job.drafter.rate for slot in generating]
+        best_k, best, gain = 0, 0.0, 0.0
+        for k in range(1, min(max(len(d) for d in drafts), budget // n) + 1):
+            gain += sum(r**k for d, r in zip(drafts, rates) if len(d) >= k)
+            if gain - cost * n * k > best:
+                best_k, best = k, gain - cost * n * k
+        rows = 0
+        for slot, room, draft in zip(generating, rooms, drafts):
+            k = min(best_k, max(0, room))
+            draft = draft[:k]
+            if len(draft) < k:
+                draft = draft + [draft[-1] if draft else slot.job.last] * (k - len(draft))
+            slot.job.draft = draft
+            rows += k
+        return rows
+
+    def _verify(self, slot: Slot, job: Job, i: int, events: list, now: int) -> None:
+        """Sample row after row while the sampled token is the drafted one; drop the rest.
+
+        Row ``i`` holds the logits after ``job.last``, row ``i + m + 1`` those after draft token
+        ``m``. Each row is sampled with the job's own chain exactly as without drafts (the chain
+        accepts only sampled tokens, and the random stream advances once per generated token), so
+        greedy and seeded output are token-for-token what they would have been. For sampling this
+        is the speculative acceptance rule with a point-mass draft: the draft survives with
+        probability p(draft), and a rejection leaves a token drawn from p without it.
+        """
+        draft, job.draft = job.draft, []
+        drafter = job.drafter
+        drafter.drafted += len(draft)
+        self.drafted += len(draft)  # counted first: the job may finish (and log) mid-draft
+        start = len(slot.cached) - len(draft)  # KV position of the first draft token
+        accepted = 0
+        for m, tok in enumerate(draft):
+            self._sample(slot, i + m, events, now)
+            if slot.job is not job or job.last != tok:
+                break
+            accepted += 1
+            drafter.accepted += 1
+            self.draft_accepted += 1
+        else:
+            self._sample(slot, i + len(draft), events, now)
+        keep = start + accepted
+        if keep < len(slot.cached):
+            L.llama_memory_seq_rm(self.mem, slot.seq, keep, -1)
+            del slot.cached[keep:]
+        drafter.verified(len(draft), accepted)
 
     def _decode_one_image(self, events: list) -> None:
         """Encode and decode the next image of the oldest job that is waiting on one.
@@ -562,6 +693,7 @@ class Engine:
 
     def _finish(self, slot: Slot, reason: str, events: list, *, text: str = "", flush: bool = True) -> None:
         job = slot.job
+        drafter = job.drafter
         now = time.monotonic_ns()
         if flush:
             text += job.stream.flush()
@@ -583,9 +715,15 @@ class Engine:
                     "context": (job.prompt if not job.spans else [t for t in job.prompt if t >= 0])
                     + job.generated,
                     "cached_count": job.cached_count,
+                    "draft_count": drafter.drafted if drafter is not None else 0,
+                    "draft_accepted": drafter.accepted if drafter is not None else 0,
                 },
             ]
         )
+        if drafter is not None and drafter.drafted:
+            log.info("job_drafts", job_id=job.job_id, seq=slot.seq, eval_count=len(job.generated),
+                     drafted=drafter.drafted, accepted=drafter.accepted,
+                     runner_drafted=self.drafted, runner_accepted=self.draft_accepted)
         self._release(slot)
 
     def _decode_failed(self, rc: int, events: list) -> None:

@@ -105,6 +105,8 @@ class GenerateJob:
     num_keep: int = 4
     shift: bool = True
     num_ctx: int | None = None
+    #: prompt-lookup draft tokens per step at most (0: no speculation); None: the runner's default
+    draft_max: int | None = None
     images: tuple[bytes, ...] = attrs.field(default=(), converter=tuple, repr=lambda xs: f"<{len(xs)} images>")
 
 
@@ -136,6 +138,9 @@ class Done:
     eval_duration_ns: int
     context: list[int]
     cached_count: int
+    #: prompt-lookup draft tokens put in batches for this job, and how many the model confirmed
+    draft_count: int = 0
+    draft_accepted: int = 0
 
 
 @attrs.frozen

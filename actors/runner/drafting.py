@@ -1,0 +1,170 @@
+"""Prompt-lookup drafts: guess a slot's next tokens from text already in its own context.
+
+Much real work repeats its input — rewriting code, quoting a document, continuing a list — and
+then the tokens after the context's last few tokens are very often the tokens that followed the
+same few tokens earlier. :class:`Drafter` keeps an index from every short n-gram of the slot's
+context (prompt and generated text) to the position right after its latest occurrence, so a
+proposal is a few dictionary lookups and a list slice, whatever the context's length.
+
+The engine puts the proposal in the same ``llama_decode`` as everything else and keeps only what
+the model confirms (see :mod:`.engine`); a draft never changes the output, only the cost. How long
+a draft may be follows the job's recent acceptance rate and what one more batch row costs
+(:func:`best_length`): long while drafts are confirmed, zero while they are not worth their rows —
+then only a one-token probe every few steps — so a chat that does not repeat itself costs little
+more than the lookups.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["DEFAULT_DRAFT_MAX", "MAX_DRAFT_MAX", "Drafter", "RowCost", "best_length"]
+
+#: Draft tokens per step at most, unless the request or the Modelfile says otherwise.
+DEFAULT_DRAFT_MAX = 8
+#: The largest ``draft_max`` a request may ask for.
+MAX_DRAFT_MAX = 64
+#: n-gram lengths looked up, longest first: a longer match predicts better, a shorter one
+#: finds something more often.
+_SIZES = (4, 3, 2)
+#: The running acceptance estimate forgets old verifications at this rate (per verification).
+_DECAY = 0.9
+#: Prior: as if this many trials had been seen at _PRIOR_RATE (an optimistic start, so a job that
+#: repeats its input drafts from its first tokens on).
+_PRIOR_TRIALS = 2.0
+_PRIOR_RATE = 0.6
+#: While drafting does not pay, one single-token probe every this many steps keeps the estimate
+#: alive (its cost is one batch row per _PROBE_EVERY steps).
+_PROBE_EVERY = 8
+
+
+def best_length(rate: float, cost: float, limit: int) -> int:
+    """The draft length that maximises expected confirmed tokens minus the rows' cost.
+
+    With each draft token confirmed (given the ones before it were) with probability ``rate``,
+    token ``m`` of a draft is worth ``rate ** m`` tokens and costs ``cost`` steps' worth of
+    compute: drafting token ``m`` pays while ``rate ** m > cost``.
+    """
+    if rate <= cost or limit <= 0:
+        return 0
+    if rate >= 1.0:
+        return limit
+    return max(0, min(limit, int(math.log(cost) / math.log(rate))))
+
+
+class Drafter:
+    """One job's n-gram index, its acceptance estimate and its counters.
+
+    ``drafted`` and ``accepted`` are kept by the engine as it verifies (a job may end in the
+    middle of a draft, and its final event must count what happened up to there).
+    """
+
+    __slots__ = ("tokens", "_index", "limit", "_hits", "_trials", "_idle", "drafted", "accepted")
+
+    def __init__(self, tokens: list[int], limit: int) -> None:
+        self.tokens: list[int] = []
+        self._index: dict[tuple[int, ...], int] = {}
+        self.limit = limit  # the job's draft_max
+        self._hits = _PRIOR_TRIALS * _PRIOR_RATE
+        self._trials = _PRIOR_TRIALS
+        self._idle = 0  # steps since the last draft while drafting did not pay
+        self.drafted = 0
+        self.accepted = 0
+        for tok in tokens:
+            self.append(tok)
+
+    @property
+    def rate(self) -> float:
+        """Estimated chance that a draft token is confirmed, given the ones before it were."""
+        return self._hits / self._trials
+
+    def append(self, tok: int) -> None:
+        """``tok`` joins the context: index the n-grams it follows."""
+        toks = self.tokens
+        t = len(toks)
+        toks.append(tok)
+        index = self._index
+        for n in _SIZES:
+            if t >= n:
+                index[tuple(toks[t - n : t])] = t
+
+    def propose(self, room: int, cost: float, probe: bool = True) -> list[int]:
+        """Draft tokens that may follow the context: as many as pay at this row ``cost``, at most
+        ``room``; none when the context's tail has not been seen before. ``probe``: while drafting
+        does not pay, still try one token now and then."""
+        k = best_length(self.rate, cost, min(room, self.limit))
+        if k <= 0:
+            self._idle += 1
+            if self._idle < _PROBE_EVERY or room <= 0 or not probe:
+                return []
+            k = 1  # a probe: has the text started repeating?
+        toks = self.tokens
+        end = len(toks)
+        index = self._index
+        for n in _SIZES:
+            if end < n:
+                continue
+            at = index.get(tuple(toks[end - n :]))
+            if at is not None:
+                draft = toks[at : at + k]
+                for i, tok in enumerate(draft):
+                    if tok < 0:  # an image placeholder is no token to propose
+                        return draft[:i]
+                self._idle = 0
+                return draft
+        return []
+
+    def verified(self, drafted: int, accepted: int) -> None:
+        """The model confirmed the first ``accepted`` of the ``drafted`` tokens just proposed.
+
+        Each confirmed token is a success; the first rejected one (if any) is the one failure —
+        the tokens after it were never tried.
+        """
+        if drafted <= 0:
+            return
+        self._hits = _DECAY * self._hits + accepted
+        self._trials = _DECAY * self._trials + accepted + (accepted < drafted)
+
+
+class RowCost:
+    """What one draft row adds to a decode step, as a share of a step without drafts, measured.
+
+    The price of a row differs by an order of magnitude between a GPU (almost free) and a busy
+    CPU (most of a step), so it is learnt from the decodes themselves: the running time of steps
+    without drafts, per number of generating slots, against the time of steps with ``rows`` draft
+    rows. Two prices: a slot alone in the batch, and a slot beside other sequences, where
+    llama.cpp's equal split (one KV stream per slot) decodes a longer run in an extra pass.
+    Steps that prefill a prompt are not observed (their time is the prompt's).
+    """
+
+    __slots__ = ("_plain", "_cost", "_since_plain")
+
+    _ALPHA = 0.1
+    _FLOOR, _CEILING = 0.01, 1.0
+    #: a step without drafts at least this often (per number of generating slots), so the
+    #: baseline stays measured even while every step could draft
+    PLAIN_EVERY = 32
+
+    def __init__(self, alone: float, shared: float) -> None:
+        self._plain: dict[int, float] = {}
+        self._cost = [alone, shared]
+        self._since_plain: dict[int, int] = {}
+
+    def get(self, shared: bool) -> float:
+        return self._cost[shared]
+
+    def wants_plain(self, n_generating: int) -> bool:
+        """True when the next step with this many generating slots should not draft."""
+        return n_generating not in self._plain or self._since_plain.get(n_generating, 0) >= self.PLAIN_EVERY
+
+    def observe(self, n_generating: int, rows: int, seconds: float, shared: bool) -> None:
+        base = self._plain.get(n_generating)
+        if rows == 0:
+            self._plain[n_generating] = seconds if base is None else base + self._ALPHA * (seconds - base)
+            self._since_plain[n_generating] = 0
+            return
+        self._since_plain[n_generating] = self._since_plain.get(n_generating, 0) + 1
+        if not base:
+            return
+        sample = min(self._CEILING, max(self._FLOOR, (seconds / base - 1.0) / rows))
+        self._cost[shared] += self._ALPHA * (sample - self._cost[shared])
