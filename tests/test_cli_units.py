@@ -311,3 +311,38 @@ def test_binary_found_on_path_or_in_the_install_location(tmp_path, monkeypatch):
     local.write_text("#!/bin/sh\n")
     local.chmod(0o755)
     assert launch.find_binary(claude, path=str(tmp_path / "empty")) == str(local)
+
+
+def test_create_uploads_the_files_a_modelfile_names_and_sends_the_rest_as_fields(tmp_path):
+    """The server never reads a path of ours: local GGUFs go up as blobs (once), names stay names."""
+    import hashlib
+
+    import httpx
+
+    from trillama.createcmd import create_request
+
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "model.gguf").write_bytes(b"GGUF model bytes")
+    (tmp_path / "lora.gguf").write_bytes(b"GGUF adapter bytes")
+    have = "sha256:" + hashlib.sha256(b"GGUF adapter bytes").hexdigest()
+    seen: list[tuple[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path))
+        if request.method == "HEAD":
+            return httpx.Response(200 if request.url.path.endswith(have) else 404)
+        return httpx.Response(201)
+
+    text = ('FROM ./weights\nADAPTER lora.gguf\nFROM llama3.2\nSYSTEM """Be terse."""\n'
+            "PARAMETER temperature 0.5\nPARAMETER stop <|end|>\nMESSAGE user hi\nLICENSE MIT\n")
+    with httpx.Client(transport=httpx.MockTransport(handler), base_url="http://server") as client:
+        body = create_request(client, "mine", text, tmp_path, say=lambda _: None)
+    model = "sha256:" + hashlib.sha256(b"GGUF model bytes").hexdigest()
+    assert body == {
+        "model": "mine", "from": "llama3.2", "files": {"model.gguf": model}, "adapters": {"lora.gguf": have},
+        "system": "Be terse.", "license": ["MIT"], "parameters": {"temperature": 0.5, "stop": ["<|end|>"]},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    # the adapter the server already had is not sent again; the model file is
+    assert ("POST", f"/api/blobs/{model}") in seen and ("POST", f"/api/blobs/{have}") not in seen
+    assert not any(str(tmp_path) in path for _, path in seen)

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -178,15 +177,17 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    """Send the Modelfile (its path lets the server read the files it names) and print the progress."""
+    """Upload the files the Modelfile names, send the rest as a structured create, print progress."""
+    from trillama.createcmd import create_request
+
     path = Path(args.file or "Modelfile")
     if args.file and not path.exists():
         raise CLIError(f"open {args.file}: no such file or directory")
     text = path.read_text() if path.exists() else "FROM .\n"
-    body: dict[str, Any] = {"model": args.model, "modelfile": text, "path": str(path.resolve())}
-    if args.quantize:
-        body["quantize"] = args.quantize
     with _client() as client:
+        body = create_request(client, args.model, text, path.resolve().parent, say=lambda s: print(s, flush=True))
+        if args.quantize:
+            body["quantize"] = args.quantize
         last = None
         for item in _stream(client, "POST", "/api/create", body):
             status = item.get("status", "")
