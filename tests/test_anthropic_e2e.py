@@ -24,6 +24,9 @@ from conftest import REPO, ServerProcess
 
 SMOL = "smollm2:135m"
 TOOLS_MODEL = "smollm2-tools:latest"
+#: the bundled model renders tools; this one's template does not, so it "does not support tools"
+PLAIN_MODEL = "smollm2-plain:latest"
+PLAIN_TEMPLATE = "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 
 TOOLS_TEMPLATE = """\
 {{- if or .System .Tools }}<|im_start|>system
@@ -62,6 +65,9 @@ def msg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
     try:
         with server.client() as client:
             r = client.post("/api/create", json={"model": TOOLS_MODEL, "from": SMOL, "template": TOOLS_TEMPLATE,
+                                                 "stream": False})
+            assert r.status_code == 200, r.text
+            r = client.post("/api/create", json={"model": PLAIN_MODEL, "from": SMOL, "template": PLAIN_TEMPLATE,
                                                  "stream": False})
             assert r.status_code == 200, r.text
         yield server
@@ -233,7 +239,7 @@ def test_bad_input_raises_bad_request(claude: Anthropic) -> None:
          "unknown content block type 'hologram'"),
         ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_zz",
                                                      "content": "42"}]}]}, "toolu_zz"),
-        ({"tools": [WEATHER]}, "does not support tools"),
+        ({"tools": [WEATHER], "model": PLAIN_MODEL}, "does not support tools"),
         ({"temperature": 3}, "temperature"),
         ({"thinking": {"type": "sometimes"}}, "thinking.type"),
         ({"messages": [{"role": "user", "content": [{"type": "image", "source": {
