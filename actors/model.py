@@ -255,7 +255,11 @@ class ModelActor:
         """Take a place in the queue or refuse at once (``ServerBusy``); raise ``ModelGone`` if stopping."""
         if not self.accepting:
             raise ModelGone(self.name)
-        if self.pending >= self.max_queue:
+        # Pending leases include those about to take a free slot: a burst that arrives before the
+        # dispatcher hands out slots must still get ``num_parallel`` running plus ``max_queue``
+        # waiting, no fewer. Started leases hold their slots.
+        free_slots = max(0, self.options.num_parallel - (self.refcount - self.pending))
+        if self.pending >= self.max_queue + free_slots:
             raise ServerBusy(self.name)
         self.pending += 1
         self.refcount += 1
