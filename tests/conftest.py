@@ -51,6 +51,20 @@ def gemma3_gguf() -> Path:
     return Path(gemma.assemble(target))
 
 
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy (returned), or fail after ``timeout``.
+
+    Tests wait on the server's own report of a state, never on a fixed sleep.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not reached in {timeout}s")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

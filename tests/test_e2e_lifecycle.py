@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from conftest import ServerProcess, free_port
+from conftest import ServerProcess, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -24,14 +24,6 @@ COUNT = "List the numbers from 1 to 300, separated by commas."
 SLOW = {"TRILLAMA_NUM_THREADS": "1", "OLLAMA_CONTEXT_LENGTH": "512", "OLLAMA_NUM_PARALLEL": "2"}
 
 
-def wait_for(predicate, timeout: float = 60.0, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s")
 
 
 def ready(server: ServerProcess) -> tuple[int, dict]:

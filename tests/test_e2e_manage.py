@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import ollama
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, wait_for
 from test_api_manage import check_against_expected_tree
 from test_store_gguf import write_tiny_gguf
 from test_store_store import tree
@@ -219,14 +219,6 @@ def test_real_server_writes_the_expected_tree(servers: list[ServerProcess], root
 # --- crash tests ------------------------------------------------------------------------------
 
 
-def wait_for(predicate: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 def test_kill_during_blob_upload_leaves_no_trace(servers: list[ServerProcess], root: Path) -> None:

@@ -9,27 +9,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import httpx
 import psutil
 import pytest
 import trio
 
-from conftest import upload_and_create
+from conftest import upload_and_create, wait_for
 
 SMOL = "smollm2:135m"
 GEMMA = "gemma3:270m"
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached")
 
 
 def runners(client: httpx.Client) -> list[dict]:
