@@ -10,9 +10,11 @@ over only when the dispatcher has a free slot to give it, so the senders blocked
 * a client that goes away while queued simply stops waiting on ``send``: Trio removes it from the
   channel at once, and the lease's ``finally`` gives its queue place back.
 
-Each admitted request gets its own channel of events (tokens, then one final event). When the
-HTTP side closes that channel the job task's next ``send`` fails, which ends the runner job and
-so cancels it inside the runner process: the slot is free at the next decode step.
+Each admitted request gets its own channel of events (tokens, then one final event), which the
+runner client fills directly: a token goes from the runner's pipe to the task that writes it to
+the client without passing through a task of the actor's (each hop would cost a task switch per
+token). The actor's job task only holds the slot until the job is over. When the HTTP side
+leaves, the lease cancels the job, and the runner frees the slot at its next decode step.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 import attrs
@@ -30,7 +32,7 @@ from trillama.actors.memory import MemoryEstimate, Placement
 from trillama.logs import get_logger
 
 if TYPE_CHECKING:
-    from trillama.actors.runner.client import Runner, RunnerSpec
+    from trillama.actors.runner.client import JobHandle, Runner, RunnerSpec
 
 __all__ = [
     "LoadOptions",
@@ -90,6 +92,8 @@ class _Job:
     events: trio.MemorySendChannel
     lease: "Lease"
     job_id: str = attrs.field(factory=lambda: f"job-{next(_job_ids)}")
+    #: the runner's handle once the job is running (generations only)
+    handle: "JobHandle | None" = None
 
 
 @attrs.define(eq=False)
@@ -201,12 +205,22 @@ class ModelActor:
         if self.running == 1:
             self.on_busy(self)
         try:
+            if job.kind == "generate":
+                # The runner delivers the tokens straight into the request's channel; this task
+                # only holds the slot until the job is over (or cancels it if the actor stops).
+                try:
+                    handle = self.runner.submit_job(job.job_id, job.payload, job.events)
+                except BaseException:
+                    job.events.close()  # the request must not wait for events that never come
+                    raise
+                job.handle = handle
+                try:
+                    await handle.finished.wait()
+                finally:
+                    handle.cancel()
+                return
             async with job.events:
-                if job.kind == "generate":
-                    async with aclosing(self.runner.run_job(job.job_id, job.payload)) as events:
-                        async for event in events:
-                            await job.events.send(event)
-                elif job.kind == "embed":
+                if job.kind == "embed":
                     inputs, truncate = job.payload
                     result = await self.runner.embed(inputs, truncate)
                     await job.events.send(result)
@@ -303,7 +317,7 @@ class ModelActor:
         if self.state != "ready":
             raise ModelGone(self.name)
 
-    async def _submit(self, lease: "Lease", kind: str, payload: Any) -> trio.MemoryReceiveChannel:
+    async def _submit(self, lease: "Lease", kind: str, payload: Any) -> tuple[_Job, trio.MemoryReceiveChannel]:
         send, receive = trio.open_memory_channel(math.inf)
         job = _Job(kind=kind, payload=payload, events=send, lease=lease)
         # No dispatcher waiting means no free slot: the request waits in the queue (the blocked
@@ -324,7 +338,7 @@ class ModelActor:
         if not lease.started:
             lease.started = True
             self.pending -= 1
-        return receive
+        return job, receive
 
 
 @attrs.define(eq=False)
@@ -362,10 +376,17 @@ class Lease:
             send, receive = trio.open_memory_channel(1)
             send.send_nowait(Failed(PROMPT_TOO_LONG, "context_exceeded"))
             send.close()
+            running = None
         else:
-            receive = await self.actor._submit(self, "generate", job)
-        async with receive:
-            yield receive
+            running, receive = await self.actor._submit(self, "generate", job)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            # Leaving early (client gone, error): stop the job in the runner at once rather
+            # than at its next token.
+            if running is not None and running.handle is not None:
+                running.handle.cancel()
 
     def _too_long(self, text: str, max_tokens: int) -> bool:
         from trillama.actors.runner.messages import TEXT_BYTES_PER_TOKEN
@@ -375,7 +396,7 @@ class Lease:
 
 
     async def embed(self, inputs: list[str], truncate: bool) -> Any:
-        receive = await self.actor._submit(self, "embed", (inputs, truncate))
+        _, receive = await self.actor._submit(self, "embed", (inputs, truncate))
         async with receive:
             async for result in receive:
                 return result

@@ -12,7 +12,10 @@ and those tasks need an owner. The preferred one is :meth:`Runner.open`::
 which opens its own nursery; :meth:`Runner.start` puts the tasks in a nursery the caller owns.
 
 Routing is by id: each job has an unbounded memory channel the stdout reader pushes into, so a
-slow consumer never stalls the reader (and through it every other stream of the model).
+slow consumer never stalls the reader (and through it every other stream of the model). The
+channel may be the consumer's own (:meth:`Runner.submit_job`): the reader then delivers each
+token straight to the task that writes it to the client, with no task in between, which is what
+a streamed token costs the server (issue 14).
 Commands go through an outbox channel drained by the writer task, which is why leaving a job
 early can send ``cancel`` synchronously from a ``finally`` even while being cancelled.
 
@@ -56,6 +59,7 @@ from trillama.logs import get_logger, log_format
 
 __all__ = [
     "Runner",
+    "JobHandle",
     "RunnerSpec",
     "GenerateJob",
     "Piece",
@@ -75,6 +79,33 @@ _STDERR_TAIL = 40
 #: longest stderr line kept or forwarded whole (bytes)
 _MAX_LINE = 64 * 1024
 _READ_CHUNK = 65536
+
+
+@attrs.define(eq=False)
+class JobHandle:
+    """A generation in flight in the runner, delivering its events into ``channel``.
+
+    ``finished`` is set once the job is over for this side: its :class:`Done` or :class:`Failed`
+    was delivered, it was cancelled, or the runner died. Whoever owns the handle may
+    :meth:`cancel` it at any time; after ``finished`` that does nothing.
+    """
+
+    runner: "Runner"
+    job_id: str
+    channel: trio.MemorySendChannel
+    finished: trio.Event = attrs.Factory(trio.Event)
+
+    def cancel(self) -> None:
+        """Stop the job: the runner frees its slot at the next decode step; no more events come."""
+        if self.finished.is_set():
+            return
+        if self.runner._jobs.pop(self.job_id, None) is not None:
+            self.runner._post([P.OP_CANCEL, self.job_id])
+        self._end()
+
+    def _end(self) -> None:
+        self.channel.close()
+        self.finished.set()
 
 
 @attrs.define(eq=False)
@@ -105,7 +136,7 @@ class Runner:
         self._ready = trio.Event()
         self._stdout_done = trio.Event()
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
-        self._jobs: dict[str, trio.MemorySendChannel] = {}
+        self._jobs: dict[str, JobHandle] = {}
         self._requests: dict[int, _Pending] = {}
         self._req_ids = itertools.count(1)
         self._out_send, self._out_recv = trio.open_memory_channel(math.inf)
@@ -328,9 +359,9 @@ class Runner:
         else:
             log.info("runner_exited", pid=self.pid, reason=self.exit_message)
         jobs, self._jobs = self._jobs, {}
-        for channel in jobs.values():
-            self._deliver(channel, Failed(RUNNER_DIED_MESSAGE, "runner_died"))
-            channel.close()
+        for handle in jobs.values():
+            self._deliver(handle, Failed(RUNNER_DIED_MESSAGE, "runner_died"))
+            handle._end()
         requests, self._requests = self._requests, {}
         for pending in requests.values():
             pending.error = (RUNNER_DIED_MESSAGE, "runner_died")
@@ -341,28 +372,28 @@ class Runner:
 
     # ------------------------------------------------------------------ frames in
     @staticmethod
-    def _deliver(channel: trio.MemorySendChannel, event: Event) -> None:
+    def _deliver(handle: JobHandle, event: Event) -> None:
         try:
-            channel.send_nowait(event)
+            handle.channel.send_nowait(event)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the consumer left; its cancel is already on the way
+            handle.cancel()  # the consumer left without saying so: free the slot now
 
     def _dispatch(self, event: list) -> None:
         tag = event[0]
         if tag == P.EV_PIECE:
-            channel = self._jobs.get(event[1])
-            if channel is not None:
-                self._deliver(channel, Piece(event[2], event[3]))
+            handle = self._jobs.get(event[1])
+            if handle is not None:
+                self._deliver(handle, Piece(event[2], event[3]))
         elif tag == P.EV_DONE:
-            channel = self._jobs.pop(event[1], None)
-            if channel is not None:
-                self._deliver(channel, Done(**event[2]))
-                channel.close()
+            handle = self._jobs.pop(event[1], None)
+            if handle is not None:
+                self._deliver(handle, Done(**event[2]))
+                handle._end()
         elif tag == P.EV_FAILED:
-            channel = self._jobs.pop(event[1], None)
-            if channel is not None:
-                self._deliver(channel, Failed(event[2], event[3]))
-                channel.close()
+            handle = self._jobs.pop(event[1], None)
+            if handle is not None:
+                self._deliver(handle, Failed(event[2], event[3]))
+                handle._end()
         elif tag == P.EV_REPLY or tag == P.EV_ERROR:
             pending = self._requests.pop(event[1], None)
             if pending is not None:
@@ -409,36 +440,44 @@ class Runner:
         return pending.result
 
     # ------------------------------------------------------------------ public operations
+    def submit_job(self, job_id: str, job: GenerateJob, channel: trio.MemorySendChannel) -> JobHandle:
+        """Start one generation whose events go into ``channel`` (which the runner closes).
+
+        ``channel`` receives :class:`Piece` events, then one :class:`Done` or :class:`Failed`, and
+        is closed after it. It should be unbounded: the stdout reader never waits for a consumer.
+        A consumer that goes away should :meth:`JobHandle.cancel`; one that only closes its end
+        is noticed at the job's next event.
+        """
+        if job_id in self._jobs:
+            raise ValueError(f"job id already running: {job_id}")
+        handle = JobHandle(self, job_id, channel)
+        if self.died.is_set():
+            self._deliver(handle, Failed(RUNNER_DIED_MESSAGE, "runner_died"))
+            handle._end()
+            return handle
+        try:
+            self._post([P.OP_GENERATE, job_id, converter.unstructure(job)])
+        except RunnerRequestError as exc:
+            self._deliver(handle, Failed(exc.message, exc.kind))
+            handle._end()
+            return handle
+        self._jobs[job_id] = handle
+        return handle
+
     async def run_job(self, job_id: str, job: GenerateJob) -> AsyncIterator[Event]:
         """Run one generation; yields :class:`Piece` events, then one :class:`Done` or :class:`Failed`.
 
         Leaving early — ``aclose()`` of the generator (use ``contextlib.aclosing``) or
         cancellation — sends ``cancel`` and the runner frees the slot at its next decode step.
         """
-        if self.died.is_set():
-            yield Failed(RUNNER_DIED_MESSAGE, "runner_died")
-            return
-        if job_id in self._jobs:
-            raise ValueError(f"job id already running: {job_id}")
-        try:
-            self._post([P.OP_GENERATE, job_id, converter.unstructure(job)])
-        except RunnerRequestError as exc:
-            yield Failed(exc.message, exc.kind)
-            return
         send, receive = trio.open_memory_channel(math.inf)
-        self._jobs[job_id] = send
-        finished = False
+        handle = self.submit_job(job_id, job, send)
         try:
-            async for event in receive:
-                if type(event) is not Piece:
-                    finished = True
-                yield event
-                if finished:
-                    return
+            async with receive:
+                async for event in receive:
+                    yield event
         finally:
-            receive.close()
-            if not finished and self._jobs.pop(job_id, None) is not None:
-                self._post([P.OP_CANCEL, job_id])
+            handle.cancel()
 
     async def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         """Tokens of ``text`` (special tokens parsed); ``add_special`` adds BOS/EOS as the model does."""
