@@ -23,7 +23,7 @@ from trillama.actors.scheduler import Scheduler
 from trillama.api.app import create_app
 from trillama.api.context import Services
 from trillama.config import Settings
-from trillama.http import install_read_timeouts
+from trillama.http import install_tcp_server
 from trillama.lifecycle import Lifecycle
 from trillama.logs import configure_logging, get_logger
 from trillama.preload import preload_models
@@ -85,7 +85,7 @@ async def serve(settings: Settings) -> None:
     config.accesslog = None
     config.errorlog = None
     config.keep_alive_timeout = 75.0
-    install_read_timeouts(settings.header_timeout, settings.body_timeout)
+    install_tcp_server(settings.header_timeout, settings.body_timeout)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(watch_signals, nursery)
