@@ -1,0 +1,142 @@
+"""The cheap streaming path (issue 14, part 2): same bytes, fewer task hops and writes.
+
+Unit tests pin the pieces (timestamps, backlog coalescing, the runner handing tokens straight to
+the request's channel); the end-to-end test streams a long answer to a client that reads slowly
+through a tiny receive buffer, so the server's direct write meets a full socket and falls back to
+hypercorn's path, and checks that every byte arrives, in order, as a fast client gets them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from datetime import datetime, timezone
+
+import pytest
+import trio
+import trio.testing
+
+from trillama.actors.runner.messages import Done, Failed, Piece
+from trillama.api import completion
+from trillama.api.completion import _coalesced, now_rfc3339
+
+SMOL = "smollm2:135m"
+
+
+# ----------------------------------------------------------------------------- timestamps
+def _reference(ns: int) -> str:
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    frac = f"{nanos:09d}".rstrip("0")
+    return f"{stamp}.{frac}Z" if frac else f"{stamp}Z"
+
+
+@pytest.mark.parametrize("ns", [1_764_633_600_000_000_000, 1_764_633_600_120_000_000,
+                                1_764_633_601_000_000_001, 1_764_633_659_999_999_999])
+def test_cached_timestamps_match_a_fresh_format(monkeypatch, ns):
+    monkeypatch.setattr(completion.time, "time_ns", lambda: ns)
+    assert now_rfc3339() == _reference(ns)
+    # the next second must not reuse the cached date part
+    monkeypatch.setattr(completion.time, "time_ns", lambda: ns + 1_000_000_000)
+    assert now_rfc3339() == _reference(ns + 1_000_000_000)
+
+
+def test_timestamps_are_go_rfc3339_nano():
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z", now_rfc3339())
+
+
+# ----------------------------------------------------------------------------- coalescing
+DONE = Done(done_reason="stop", prompt_eval_count=1, prompt_eval_duration_ns=1, eval_count=3,
+            eval_duration_ns=1, context=[], cached_count=0)
+
+
+async def _drain(events: list, *, close: bool = True) -> list:
+    send, receive = trio.open_memory_channel(100)
+    for event in events:
+        send.send_nowait(event)
+    if close:
+        send.close()
+    out = []
+    async for event in _coalesced(receive):
+        out.append(event)
+        if type(event) is not Piece:
+            break
+    return out
+
+
+async def test_a_backlog_of_pieces_goes_out_as_one_and_the_final_event_follows():
+    lp = [{"token": "a"}], [{"token": "b"}], None
+    out = await _drain([Piece("a", lp[0]), Piece("b", lp[1]), Piece("c"), DONE])
+    assert out == [Piece("abc", [{"token": "a"}, {"token": "b"}]), DONE]
+
+
+async def test_pieces_without_logprobs_stay_without_and_failures_pass_through():
+    out = await _drain([Piece("x"), Piece("y"), Failed("boom", "internal")])
+    assert out == [Piece("xy", None), Failed("boom", "internal")]
+
+
+async def test_a_piece_that_arrives_alone_is_sent_alone():
+    send, receive = trio.open_memory_channel(100)
+    got: list = []
+
+    async def consume():
+        async for event in _coalesced(receive):
+            got.append(event)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consume)
+        for text in ("one", "two", "three"):
+            send.send_nowait(Piece(text))
+            await trio.testing.wait_all_tasks_blocked()
+        send.send_nowait(DONE)
+        send.close()
+    assert got == [Piece("one"), Piece("two"), Piece("three"), DONE]
+
+
+# ----------------------------------------------------------------------------- end to end
+def _read_chunked_ndjson(raw: bytes) -> list[dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    assert b"transfer-encoding: chunked" in head.lower()
+    data = b""
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        data, body = data + body[:size], body[size + 2:]
+    return [json.loads(line) for line in data.decode().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_slow_reader_gets_every_byte_in_order(server):
+    body = {"model": SMOL, "prompt": "Write a long story about a lighthouse keeper.", "stream": True,
+            "logprobs": True, "top_logprobs": 5,
+            "options": {"num_predict": 300, "temperature": 0, "seed": 1}}
+    with server.client() as http:
+        fast = [json.loads(line) for line in http.post("/api/generate", json=body).text.splitlines()]
+    data = json.dumps(body).encode()
+    request = (f"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # a window the server soon fills
+    sock.connect(("127.0.0.1", server.port))
+    sock.settimeout(120)
+    sock.sendall(request)
+    time.sleep(3)  # the whole answer is generated while nothing is read
+    received = b""
+    while chunk := sock.recv(512):
+        received += chunk
+        time.sleep(0.001)
+    sock.close()
+    slow = _read_chunked_ndjson(received)
+    assert slow[-1]["done"] is True and slow[-1]["eval_count"] == fast[-1]["eval_count"]
+    text = "".join(c["response"] for c in slow)
+    assert text == "".join(c["response"] for c in fast)
+    tokens = [lp["token"] for c in slow for lp in c.get("logprobs", [])]
+    assert tokens == [lp["token"] for c in fast for lp in c.get("logprobs", [])]
+    assert len(tokens) == fast[-1]["eval_count"]
+    # the answer was far larger than what the socket buffers could take while nobody read
+    assert len(received) > 200_000, len(received)
