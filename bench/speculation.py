@@ -30,12 +30,14 @@ import datetime as dt
 import json
 import os
 import statistics
+import sys
 from pathlib import Path
 
 import attrs
 import httpx
 import trio
 
+from bench import env
 from bench.env import BENCH_DIR
 from bench.plan import Plan
 from bench.servers import RunningServer, llama_server_binary, llama_server_spec, trillama_spec
@@ -95,7 +97,10 @@ async def _measure(targets: dict, levels: tuple[int, ...], workloads: tuple[str,
                 for rnd in range(rounds):
                     for name, (endpoint, options) in targets.items():
                         before = await _drafts(client, trillama_url) if name == "trillama" else None
-                        got = await _round(client, endpoint, options, workload, streams, (workload, streams, rnd))
+                        # The subject is part of the nonce: a subject must not find its prompts
+                        # cached by the one before it (at 4 streams the aggregate then starts
+                        # with four ready slots instead of four prefills: 0.68x for whoever went first).
+                        got = await _round(client, endpoint, options, workload, streams, (workload, streams, rnd, name))
                         cell = samples.setdefault(workload, {}).setdefault(str(streams), {}).setdefault(name, [])
                         cell.append(got)
                         if before is not None:
@@ -134,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llama-spec-type", default="ngram-simple",
                         help="llama-server --spec-type for llama-server-ngram (e.g. ngram-mod, ngram-map-k)")
     args = parser.parse_args(argv)
+    if Path(sys.prefix).resolve() != env.VENV_DIR.resolve():  # llama-server lives in the bench venv
+        python = env.ensure()
+        os.chdir(env.REPO_DIR)
+        os.execv(str(python), [str(python), "-m", "bench.speculation", *(sys.argv[1:] if argv is None else argv)])
     names = [n for n in args.subjects.split(",") if n]
     unknown = set(names) - set(SUBJECTS)
     if unknown:
