@@ -132,6 +132,8 @@ class ModelActor:
     _stopped: trio.Event = attrs.field(factory=trio.Event)
     _activity: trio.Event = attrs.field(factory=trio.Event)
     _stop_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    #: jobs handed a slot by the dispatcher and not finished
+    _in_slots: int = 0
 
     def __attrs_post_init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel(0)
@@ -169,6 +171,7 @@ class ModelActor:
                             except BaseException:
                                 slots.release()
                                 raise
+                            self._in_slots += 1
                             nursery.start_soon(self._run_job, job, slots)
         finally:
             self.state = "stopping"
@@ -232,6 +235,7 @@ class ModelActor:
             log.warning("job_failed", model=self.name, job=job.job_id, error=str(exc))
         finally:
             slots.release()
+            self._in_slots -= 1
             self.running -= 1
             if self.running == 0:
                 self.on_busy(self)
@@ -320,9 +324,12 @@ class ModelActor:
     async def _submit(self, lease: "Lease", kind: str, payload: Any) -> tuple[_Job, trio.MemoryReceiveChannel]:
         send, receive = trio.open_memory_channel(math.inf)
         job = _Job(kind=kind, payload=payload, events=send, lease=lease)
-        # No dispatcher waiting means no free slot: the request waits in the queue (the blocked
-        # senders). Recorded on the lease for the access log.
-        if self._send.statistics().tasks_waiting_receive == 0:
+        # Whether a slot is free for this request, recorded on the lease for the access log: the
+        # jobs holding slots and the senders already blocked on the channel (the queue) come
+        # first. (Asking whether the dispatcher waits to receive raced with it: it yields once
+        # between taking a slot and waiting.)
+        ahead = self._in_slots + self._send.statistics().tasks_waiting_send
+        if self.state != "ready" or ahead >= self.options.num_parallel:
             lease.queued = True
         waited = time.monotonic()
         try:
