@@ -131,28 +131,6 @@ def one_core_quota() -> Iterator[Quota | None]:
                 pass
 
 
-class _Started(RunningServer):
-    """A subject started with something done in the child before it execs (join a cgroup, pin CPUs)."""
-
-    def __init__(self, spec: ServerSpec, log_path: Path, before_exec: Callable[[], None] | None) -> None:
-        super().__init__(spec, log_path)
-        self.before_exec = before_exec
-
-    def __enter__(self) -> "_Started":
-        if self.before_exec is None:
-            return super().__enter__()
-        real = subprocess.Popen
-
-        def popen(*args, **kwargs):
-            return real(*args, preexec_fn=self.before_exec, **kwargs)
-
-        subprocess.Popen = popen  # RunningServer starts exactly one process in __enter__
-        try:
-            return super().__enter__()
-        finally:
-            subprocess.Popen = real
-
-
 def _with_env(spec: ServerSpec, **changes: str | None) -> ServerSpec:
     env_ = {k: v for k, v in spec.env}
     for key, value in changes.items():
@@ -164,7 +142,7 @@ def _with_env(spec: ServerSpec, **changes: str | None) -> ServerSpec:
 
 
 def _measure(spec: ServerSpec, subject: str, log_dir: Path, args, before_exec=None) -> dict[int, float]:
-    with _Started(spec, log_dir / f"{spec.name}-{spec.port}.log", before_exec) as server:
+    with RunningServer(spec, log_dir / f"{spec.name}-{spec.port}.log", before_exec) as server:
         server.wait_ready()
         return {n: statistics.median(trio.run(_rates, spec.base_url, subject, n, args.tokens, args.repeats))
                 for n in args.streams}

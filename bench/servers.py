@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import attrs
 import httpx
@@ -148,9 +149,11 @@ def llama_cpp_python_spec(plan: Plan, gguf: str) -> ServerSpec:
 class RunningServer:
     """A started subject; use as a context manager so it is always stopped."""
 
-    def __init__(self, spec: ServerSpec, log_path: Path) -> None:
+    def __init__(self, spec: ServerSpec, log_path: Path, before_exec: "Callable[[], None] | None" = None) -> None:
+        """``before_exec`` runs in the child before it execs the server (join a cgroup, pin CPUs)."""
         self.spec = spec
         self.log_path = log_path
+        self.before_exec = before_exec
         self.proc: subprocess.Popen | None = None
         self.started_at = 0.0
         self.ready_after: float | None = None
@@ -164,7 +167,8 @@ class RunningServer:
         log.info("server_start", subject=self.spec.name, port=self.spec.port, log=str(self.log_path))
         self.started_at = time.perf_counter()
         self.proc = subprocess.Popen(self.spec.argv, env=env, cwd=self.spec.cwd or REPO_DIR, stdin=subprocess.DEVNULL,
-                                     stdout=self._log_file, stderr=subprocess.STDOUT)
+                                     stdout=self._log_file, stderr=subprocess.STDOUT,
+                                     preexec_fn=self.before_exec)
         return self
 
     @property
