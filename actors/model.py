@@ -118,7 +118,7 @@ class ModelActor:
     state: str = "pending"  # pending → loading → ready → stopping → stopped | failed
     refcount: int = 0
     pending: int = 0
-    running: int = 0  # jobs handed to the runner and not finished
+    running: int = 0  # jobs handed a slot by the dispatcher and not finished
     last_used: float = attrs.field(factory=time.monotonic)
     load_error: str | None = None
     runner: "Runner | None" = None
@@ -132,8 +132,6 @@ class ModelActor:
     _stopped: trio.Event = attrs.field(factory=trio.Event)
     _activity: trio.Event = attrs.field(factory=trio.Event)
     _stop_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    #: jobs handed a slot by the dispatcher and not finished
-    _in_slots: int = 0
 
     def __attrs_post_init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel(0)
@@ -171,7 +169,11 @@ class ModelActor:
                             except BaseException:
                                 slots.release()
                                 raise
-                            self._in_slots += 1
+                            # Counted here, not when the job task starts: a request arriving
+                            # in between must see the slot taken.
+                            self.running += 1
+                            if self.running == 1:
+                                self.on_busy(self)
                             nursery.start_soon(self._run_job, job, slots)
         finally:
             self.state = "stopping"
@@ -204,9 +206,6 @@ class ModelActor:
 
     async def _run_job(self, job: _Job, slots: trio.Semaphore) -> None:
         assert self.runner is not None
-        self.running += 1
-        if self.running == 1:
-            self.on_busy(self)
         try:
             if job.kind == "generate":
                 # The runner delivers the tokens straight into the request's channel; this task
@@ -235,7 +234,6 @@ class ModelActor:
             log.warning("job_failed", model=self.name, job=job.job_id, error=str(exc))
         finally:
             slots.release()
-            self._in_slots -= 1
             self.running -= 1
             if self.running == 0:
                 self.on_busy(self)
@@ -328,7 +326,7 @@ class ModelActor:
         # jobs holding slots and the senders already blocked on the channel (the queue) come
         # first. (Asking whether the dispatcher waits to receive raced with it: it yields once
         # between taking a slot and waiting.)
-        ahead = self._in_slots + self._send.statistics().tasks_waiting_send
+        ahead = self.running + self._send.statistics().tasks_waiting_send
         if self.state != "ready" or ahead >= self.options.num_parallel:
             lease.queued = True
         waited = time.monotonic()

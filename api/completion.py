@@ -189,27 +189,25 @@ async def _coalesced(events: trio.MemoryReceiveChannel) -> AsyncIterator[Piece |
         if type(event) is not Piece:
             yield event
             continue
-        texts: list[str] | None = None
-        logprobs = event.logprobs
-        following = None
-        while True:
+        pieces = [event]
+        after = None
+        while after is None:
             try:
-                following = events.receive_nowait()
+                after = events.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
-                following = None
                 break
-            if type(following) is not Piece:
-                break
-            if texts is None:
-                texts = [event.text]
-                logprobs = list(logprobs) if logprobs is not None else None
-            texts.append(following.text)
-            if following.logprobs:
-                logprobs = (logprobs or []) + following.logprobs
-            following = None
-        yield event if texts is None else Piece("".join(texts), logprobs)
-        if following is not None:
-            yield following
+            if type(after) is Piece:
+                pieces.append(after)
+                after = None
+        yield event if len(pieces) == 1 else _joined(pieces)
+        if after is not None:
+            yield after
+
+
+def _joined(pieces: list[Piece]) -> Piece:
+    logprobs = [lp for piece in pieces for lp in piece.logprobs or ()]
+    wanted = any(piece.logprobs is not None for piece in pieces)
+    return Piece("".join(piece.text for piece in pieces), logprobs if wanted else None)
 
 
 def _failure_status(kind: str) -> int:
