@@ -128,9 +128,7 @@ def test_repl_session_command_by_command(server: ServerProcess, env: dict[str, s
         command(child, "/set parameter num_predict 4000", "Set parameter 'num_predict' to '4000'")
         child.expect_exact(PROMPT)
         submit(child, STORY)
-        # the answer is being printed: several words in, so the Ctrl+C lands in the streaming loop
-        # (one full run saw a Ctrl+C sent at the very first word go unheeded; see the stop 18 note)
-        child.expect(r"(?s)(?:[A-Za-z]{2,}.*?){4}")
+        child.expect(r"[A-Za-z]{2,}")  # the answer is being printed
         stopped = time.monotonic()
         child.sendintr()
         child.expect_exact(PROMPT, timeout=20)
