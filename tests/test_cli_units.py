@@ -6,12 +6,13 @@ from __future__ import annotations
 import io
 import json
 import re
+import signal
 
 import pytest
 
 from trillama import launch
 from trillama.client_cli import CLIError
-from trillama.runcmd import RunOptions, parse_think
+from trillama.runcmd import RunOptions, hear_ctrl_c, parse_think
 from trillama.showinfo import format_show, human_number
 from trillama.termout import AnswerPrinter, WordWrap, render_tool_calls, summary_lines
 
@@ -346,3 +347,23 @@ def test_create_uploads_the_files_a_modelfile_names_and_sends_the_rest_as_fields
     # the adapter the server already had is not sent again; the model file is
     assert ("POST", f"/api/blobs/{model}") in seen and ("POST", f"/api/blobs/{have}") not in seen
     assert not any(str(tmp_path) in path for _, path in seen)
+
+
+def test_run_hears_ctrl_c_when_started_with_sigint_ignored() -> None:
+    """A background job of a non-interactive shell starts with SIGINT ignored; `run` takes it back."""
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        hear_ctrl_c()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+
+        def own(signum, frame):  # a handler installed on purpose stays
+            pass
+
+        signal.signal(signal.SIGINT, own)
+        hear_ctrl_c()
+        assert signal.getsignal(signal.SIGINT) is own
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from typing import Any
 
@@ -131,7 +132,20 @@ def _run_once(client: httpx.Client, opts: RunOptions, prompt: str) -> int:
     return 0
 
 
+def hear_ctrl_c() -> None:
+    """Make Ctrl+C raise ``KeyboardInterrupt`` even if we were started with SIGINT ignored.
+
+    Why: a non-interactive shell starts its background jobs with SIGINT ignored, and Python then
+    leaves it ignored, so ``trillama run`` started from a script, a test runner or a tool in the
+    background would never stop an answer on Ctrl+C. ``ollama`` (Go's ``signal.Notify``) takes
+    the signal back the same way. A handler someone installed on purpose is left alone.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    hear_ctrl_c()
     opts = RunOptions(model=args.model, format=args.format or "", think=parse_think(args.think),
                       hide_thinking=args.hidethinking, wordwrap=not args.nowordwrap, verbose=args.verbose)
     if args.keepalive:
