@@ -149,27 +149,37 @@ async def model_lease(
 
 
 async def run_job(lease: Lease, job: GenerateJob) -> AsyncIterator[Piece | Done]:
-    """The runner's events for ``job``; a failure becomes an ``APIError`` with the right status."""
+    """The runner's events for ``job``; a failure becomes an ``APIError`` with the right status.
+
+    Pieces that are already waiting when one arrives are joined into one (see
+    :func:`_with_waiting_pieces`). The channel is read here, not through another generator: every
+    layer of async generator costs each streamed token another resumption (issue 14).
+    """
     # Taken now: the rest of the stream may run after Quart has left the app context.
     metrics = current_app.extensions["trillama.metrics"]
     entry = access.current()
     try:
         async with lease.generate(job) as events:
-            async for event in _coalesced(events):
+            async for event in events:
+                if type(event) is Piece:
+                    event, after = _with_waiting_pieces(events, event)
+                    if entry is not None:
+                        entry.mark_first_token()
+                    yield event
+                    if after is None:
+                        continue
+                    event = after
                 if isinstance(event, Failed):
                     raise APIError(_failure_status(event.kind), event.message)
-                if entry is not None:
-                    if isinstance(event, Piece):
-                        entry.mark_first_token()
-                    elif isinstance(event, Done):
+                if isinstance(event, Done):
+                    if entry is not None:
                         entry.prompt_tokens, entry.generated_tokens = event.prompt_eval_count, event.eval_count
                         entry.done_reason = event.done_reason
-                if isinstance(event, Done):
                     metrics.observe_tokens(lease.actor.name, event.prompt_eval_count, event.eval_count)
                     metrics.observe_drafts(lease.actor.name, event.draft_count, event.draft_accepted)
-                yield event
-                if isinstance(event, Done):
+                    yield event
                     return
+                yield event
     except ModelGone:
         raise APIError(503, "model was unloaded, please try again", headers={"Retry-After": "1"}) from None
     except LoadFailed as exc:
@@ -177,31 +187,28 @@ async def run_job(lease: Lease, job: GenerateJob) -> AsyncIterator[Piece | Done]
     raise APIError(500, "model runner ended the request without a result")
 
 
-async def _coalesced(events: trio.MemoryReceiveChannel) -> AsyncIterator[Piece | Done | Failed]:
-    """The channel's events, with pieces that are already waiting joined into one.
+def _with_waiting_pieces(events: trio.MemoryReceiveChannel, first: Piece) -> tuple[Piece, Any]:
+    """``first`` joined with the pieces already waiting behind it, and the event that ended them.
 
     A client that reads slower than the model writes (or a decode step that confirms several
     drafted tokens at once) leaves a backlog of pieces; sending them as one chunk costs one write
     instead of many, and the text is the same. A client that keeps up sees one chunk per piece,
-    exactly as before.
+    exactly as before. The second value is the first non-piece event taken from the channel
+    (``None`` if there was none), which the caller must handle next.
     """
-    async for event in events:
-        if type(event) is not Piece:
-            yield event
-            continue
-        pieces = [event]
-        after = None
-        while after is None:
-            try:
-                after = events.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            if type(after) is Piece:
-                pieces.append(after)
-                after = None
-        yield event if len(pieces) == 1 else _joined(pieces)
-        if after is not None:
-            yield after
+    pieces = None
+    while True:
+        try:
+            after = events.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            after = None
+            break
+        if type(after) is not Piece:
+            break
+        if pieces is None:
+            pieces = [first]
+        pieces.append(after)
+    return (first if pieces is None else _joined(pieces)), after
 
 
 def _joined(pieces: list[Piece]) -> Piece:

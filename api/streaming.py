@@ -27,8 +27,42 @@ log = get_logger("trillama.api.streaming")
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
+def _c_encoder() -> Callable[[Any], str] | None:
+    """The C encoder behind ``_encode``, made once instead of once per call, or ``None``.
+
+    ``JSONEncoder.encode`` builds a new C encoder for every object it encodes, which is most of
+    what encoding a small streamed chunk costs (~1.5 µs of ~2.3, per token). The C encoder is made
+    here with the same settings, without the circular-reference check (chunks are trees built by
+    the routes), and is used only if it writes exactly what ``_encode`` writes for a sample.
+    """
+    try:
+        from json.encoder import c_make_encoder, encode_basestring
+
+        if c_make_encoder is None:
+            return None
+
+        def default(obj: Any) -> Any:
+            raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+        make = c_make_encoder(None, default, encode_basestring, None, ":", ",", False, False, True)
+
+        def encode(obj: Any) -> str:
+            return "".join(make(obj, 0))
+
+        sample = {"model": "m", "created_at": "2026-01-01T00:00:00.5Z", "response": "é\n\"\u2028",
+                  "done": False, "n": [1, 2.5, None, True], "nested": {"a": []}}
+        return encode if encode(sample) == _encode(sample) else None
+    except Exception:  # another Python's private API: the plain encoder is right, only slower
+        return None
+
+
+_fast_encode = _c_encoder()
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON with non-ASCII text as is (what Go's encoder writes, and fewer bytes)."""
+    if _fast_encode is not None and type(obj) is dict:
+        return _fast_encode(obj)
     return _encode(obj)
 
 

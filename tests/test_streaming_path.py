@@ -16,11 +16,10 @@ from datetime import datetime, timezone
 
 import pytest
 import trio
-import trio.testing
 
 from trillama.actors.runner.messages import Done, Failed, Piece
 from trillama.api import completion
-from trillama.api.completion import _coalesced, now_rfc3339
+from trillama.api.completion import _with_waiting_pieces, now_rfc3339
 
 SMOL = "smollm2:135m"
 
@@ -52,47 +51,32 @@ DONE = Done(done_reason="stop", prompt_eval_count=1, prompt_eval_duration_ns=1, 
             eval_duration_ns=1, context=[], cached_count=0)
 
 
-async def _drain(events: list, *, close: bool = True) -> list:
+def _backlog(events: list, *, close: bool = True) -> tuple[Piece, object]:
+    """What ``run_job`` sends for the first of ``events`` when all of them are already waiting."""
     send, receive = trio.open_memory_channel(100)
     for event in events:
         send.send_nowait(event)
     if close:
         send.close()
-    out = []
-    async for event in _coalesced(receive):
-        out.append(event)
-        if type(event) is not Piece:
-            break
-    return out
+    return _with_waiting_pieces(receive, receive.receive_nowait())
 
 
-async def test_a_backlog_of_pieces_goes_out_as_one_and_the_final_event_follows():
+def test_a_backlog_of_pieces_goes_out_as_one_and_the_final_event_follows():
     lp = [{"token": "a"}], [{"token": "b"}], None
-    out = await _drain([Piece("a", lp[0]), Piece("b", lp[1]), Piece("c"), DONE])
-    assert out == [Piece("abc", [{"token": "a"}, {"token": "b"}]), DONE]
+    assert _backlog([Piece("a", lp[0]), Piece("b", lp[1]), Piece("c"), DONE]) == (
+        Piece("abc", [{"token": "a"}, {"token": "b"}]), DONE)
 
 
-async def test_pieces_without_logprobs_stay_without_and_failures_pass_through():
-    out = await _drain([Piece("x"), Piece("y"), Failed("boom", "internal")])
-    assert out == [Piece("xy", None), Failed("boom", "internal")]
+def test_pieces_without_logprobs_stay_without_and_failures_pass_through():
+    assert _backlog([Piece("x"), Piece("y"), Failed("boom", "internal")]) == (
+        Piece("xy", None), Failed("boom", "internal"))
 
 
-async def test_a_piece_that_arrives_alone_is_sent_alone():
-    send, receive = trio.open_memory_channel(100)
-    got: list = []
-
-    async def consume():
-        async for event in _coalesced(receive):
-            got.append(event)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(consume)
-        for text in ("one", "two", "three"):
-            send.send_nowait(Piece(text))
-            await trio.testing.wait_all_tasks_blocked()
-        send.send_nowait(DONE)
-        send.close()
-    assert got == [Piece("one"), Piece("two"), Piece("three"), DONE]
+@pytest.mark.parametrize("close", [True, False])
+def test_a_piece_that_arrives_alone_is_sent_alone(close):
+    piece = Piece("one", [{"token": "one"}])
+    joined, after = _backlog([piece], close=close)
+    assert joined is piece and after is None
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -141,3 +125,32 @@ def test_a_slow_reader_gets_every_byte_in_order(server):
     # the answer (~150 KB with five alternatives per token) is far larger than what a 2 KB
     # receive window and the server's initial send buffer (16 KB) take while nobody reads
     assert len(received) > 100_000, len(received)
+
+
+# ----------------------------------------------------------------------------- chunk encoding
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from trillama.api import streaming  # noqa: E402
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def test_the_fast_chunk_encoder_is_in_use():
+    assert streaming._fast_encode is not None  # CPython's C encoder: the streaming path uses it
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _json_values, max_size=6))
+def test_chunks_encode_exactly_as_the_standard_encoder_does(obj):
+    import json
+
+    assert streaming.dumps(obj) == json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_a_value_json_cannot_encode_is_refused_the_same_way():
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        streaming.dumps({"x": object()})

@@ -34,7 +34,7 @@ import trio
 
 from trillama.logs import get_logger
 
-__all__ = ["install_tcp_server"]
+__all__ = ["install_tcp_server", "chunk_shortcut"]
 
 log = get_logger("trillama.http")
 
@@ -85,28 +85,42 @@ def _server_class(base: type, header_timeout: float, body_timeout: float) -> typ
                     break
             await self.protocol.handle(Closed())
 
-        async def protocol_send(self, event: Any) -> None:
+        def write_now(self, data: bytes) -> int:
+            """Write ``data`` without yielding if nothing else is being written: the bytes the
+            kernel took (all of them, normally), 0 if it took none, -1 if it refused (reset,
+            closed…), or ``None`` if this connection cannot be written to directly (TLS, a
+            write in progress) and nothing was tried."""
             lock = getattr(self, "send_lock", None)
-            if type(event) is RawData and lock is not None and not lock.locked():
-                sock = _plain_socket(self.stream)
-                if sock is not None:
-                    data = event.data
-                    try:
-                        sent = sock.send(data)
-                    except BlockingIOError:
-                        sent = 0
-                    except OSError:
-                        sent = -1  # reset, closed…: hypercorn's path raises it and closes
+            if lock is None or lock.locked():
+                return None
+            sock = _plain_socket(self.stream)
+            if sock is None:
+                return None
+            try:
+                return sock.send(data)
+            except BlockingIOError:
+                return 0
+            except OSError:
+                return -1  # hypercorn's path meets the error again, raises it and closes
+
+        async def protocol_send(self, event: Any) -> None:
+            if type(event) is RawData:
+                data = event.data
+                sent = self.write_now(data)
+                if sent is not None:
                     if sent == len(data):
                         return
-                    if sent > 0:
-                        event = RawData(data=data[sent:])
-                    # The rest waits for the socket under hypercorn's lock; shielded, as hypercorn
-                    # shields its own write, so a chunk is never cut between here and there.
-                    with trio.CancelScope(shield=True):
-                        await super().protocol_send(event)
+                    await self.send_rest(data, sent)
                     return
             await super().protocol_send(event)
+
+        async def send_rest(self, data: bytes, sent: int) -> None:
+            """Send what :meth:`write_now` left of ``data`` through hypercorn's own path."""
+            event = RawData(data=data[sent:] if sent > 0 else data)
+            # The rest waits for the socket under hypercorn's lock; shielded, as hypercorn
+            # shields its own write, so a chunk is never cut between here and there.
+            with trio.CancelScope(shield=True):
+                await super().protocol_send(event)
 
         async def _close(self) -> None:
             # Hypercorn closes a ``Connection: close`` (or HTTP/1.0) connection from inside the
@@ -149,3 +163,87 @@ def install_tcp_server(header_timeout: float, body_timeout: float) -> bool:
     timed._trillama_base = base  # type: ignore[attr-defined]
     hypercorn_run.TCPServer = timed  # type: ignore[attr-defined]
     return True
+
+
+def chunk_shortcut(app: Any) -> Any:
+    """Wrap an ASGI app so that the chunks of a streamed HTTP/1.1 body skip hypercorn's layers.
+
+    Why: each chunk of a streamed response, one per token, passes through hypercorn's
+    ``HTTPStream.app_send``, a ``Body`` event, ``H11Protocol.stream_send``, an ``h11.Data`` event
+    and h11's state machine before it reaches the socket: about a quarter of the server's Python
+    time per streamed token (issue 14, ``docs/benchmarks.md``). While h11 is sending a chunked body
+    none of those layers keeps any state for a chunk (the state stays ``SEND_BODY``; the chunked
+    writer only frames the bytes), so framing the chunk here and handing it to the connection's
+    writer puts the same bytes on the wire in the same order. Everything else — the status line and
+    headers, the last chunk, HTTP/1.0 or ``Content-Length`` bodies, HEAD, HTTP/2 — takes
+    hypercorn's own path, and so does every chunk if this hypercorn or h11 is not the shape known
+    here.
+    """
+
+    async def asgi(scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and scope.get("http_version") == "1.1":
+            send = _ChunkShortcut(send)
+        await app(scope, receive, send)
+
+    return asgi
+
+
+try:  # the classes the shortcut recognises; without them it stays off
+    from h11._writers import ChunkedWriter as _ChunkedWriter
+    from hypercorn.events import RawData as _RawData
+    from hypercorn.protocol.h11 import H11Protocol as _H11Protocol
+except ImportError:  # pragma: no cover - depends on the installed versions
+    _ChunkedWriter = _RawData = _H11Protocol = None  # type: ignore[assignment, misc]
+
+
+class _ChunkShortcut:
+    """An ASGI ``send`` for one request that writes body chunks straight to the connection."""
+
+    __slots__ = ("_send", "_connection", "_write", "_server", "_resolved")
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self._connection: h11.Connection | None = None
+        self._write: Any = None
+        self._server: Any = None  # a TrillamaTCPServer, which can write without yielding
+        self._resolved = False
+
+    def _resolve(self) -> None:
+        # The ASGI send is hypercorn's bound ``HTTPStream.app_send``; its stream sends through the
+        # bound ``H11Protocol.stream_send``, whose protocol holds the h11 connection and the TCP
+        # server's writer. Anything else (HTTP/2, another server, another version): no shortcut.
+        self._resolved = True
+        if _H11Protocol is None:
+            return
+        stream = getattr(self._send, "__self__", None)
+        protocol = getattr(getattr(stream, "send", None), "__self__", None)
+        if type(protocol) is not _H11Protocol:
+            return
+        connection = getattr(protocol, "connection", None)
+        write = getattr(protocol, "send", None)
+        if isinstance(connection, h11.Connection) and write is not None:
+            self._connection, self._write = connection, write
+            server = getattr(write, "__self__", None)
+            if hasattr(server, "write_now") and hasattr(server, "send_rest"):
+                self._server = server
+
+    async def __call__(self, message: Any) -> None:
+        if message["type"] == "http.response.body" and message.get("more_body", False):
+            if not self._resolved:
+                self._resolve()
+            connection = self._connection
+            body = message.get("body", b"")
+            if (connection is not None and body and connection.our_state is h11.SEND_BODY
+                    and type(getattr(connection, "_writer", None)) is _ChunkedWriter):
+                frame = b"%x\r\n%b\r\n" % (len(body), body)
+                server = self._server
+                if server is not None:
+                    sent = server.write_now(frame)
+                    if sent == len(frame):
+                        return
+                    if sent is not None:
+                        await server.send_rest(frame, sent)
+                        return
+                await self._write(_RawData(data=frame))
+                return
+        await self._send(message)

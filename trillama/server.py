@@ -23,7 +23,7 @@ from trillama.actors.scheduler import Scheduler
 from trillama.api.app import create_app
 from trillama.api.context import Services
 from trillama.config import Settings
-from trillama.http import install_tcp_server
+from trillama.http import chunk_shortcut, install_tcp_server
 from trillama.lifecycle import Lifecycle
 from trillama.logs import configure_logging, get_logger
 from trillama.preload import preload_models
@@ -100,7 +100,7 @@ async def serve(settings: Settings) -> None:
                                        scheduler=scheduler, lifecycle=lifecycle,
                                        insecure=settings.preload_insecure))
         log.info("listening", host=settings.host, port=settings.port)
-        await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait)
+        await hypercorn_serve(chunk_shortcut(app), config, shutdown_trigger=shutdown.wait)
         log.info("http_stopped")
         await scheduler.shutdown()
         nursery.cancel_scope.cancel()
