@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Awaitable, Callable, Iterator, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Sequence
 
 import attrs
 
@@ -146,7 +146,10 @@ class OutputParser:
                 out.append(data)
             yield {"role": "assistant", "content": "", "tool_calls": out}
 
-    def feed(self, text: str) -> Iterator[dict[str, Any]]:
+    def feed(self, text: str) -> Iterable[dict[str, Any]]:
+        if self.thinking is None and self.tools is None:
+            # Plain text, the common case, once per streamed token: no generator to build.
+            return ({"role": "assistant", "content": text},) if text else ()
         thinking, content = "", text
         if self.thinking is not None:
             split = self.thinking.feed(text)
