@@ -74,11 +74,45 @@ def test_draft_length_follows_acceptance_and_drops_to_zero():
     for _ in range(10):  # nothing confirmed: the length falls to zero
         d.verified(max(1, first), 0)
     assert d.rate < 0.1
-    proposals = [len(d.propose(room=8, cost=0.1)) for _ in range(16)]
-    assert max(proposals) == 1 and 1 <= sum(proposals) <= 3  # only the occasional one-token probe
+    assert [d.propose(room=8, cost=0.1) for _ in range(64)] == [[]] * 64  # not one row spent
     for _ in range(10):  # confirmed again: drafts grow back
         d.verified(4, 4)
     assert len(d.propose(room=8, cost=0.1)) == 8
+
+
+def _discouraged(tokens: list[int]) -> Drafter:
+    d = Drafter(tokens, limit=8)
+    for _ in range(30):
+        d.verified(4, 0)
+    assert d.rate < 0.05
+    return d
+
+
+def test_while_drafts_do_not_pay_the_shadow_draft_learns_from_the_generated_tokens():
+    d = _discouraged(list(range(10)) * 3)  # the tail (…, 7, 8, 9) was followed by 0, 1, 2…
+    rates = [d.rate]
+    for step in range(40):  # the model goes on repeating the cycle, and the shadows say so
+        draft = d.propose(room=8, cost=0.5)
+        if draft:
+            break
+        d.append(step % 10)
+        rates.append(d.rate)
+    assert draft == [(step + i) % 10 for i in range(len(draft))] and len(draft) >= 1
+    assert step < 30 and rates == sorted(rates) and rates[-1] > 0.5
+
+
+def test_shadows_the_generated_tokens_mostly_contradict_keep_drafting_off():
+    import random
+
+    rng = random.Random(7)
+    d = _discouraged([rng.randrange(5) for _ in range(30)])
+    rates = []
+    for _ in range(300):  # short n-grams recur all the time; what follows them is a coin toss
+        assert d.propose(room=8, cost=0.5) == []
+        d.append(rng.randrange(5))
+        rates.append(d.rate)
+    assert max(rates) > 0.1  # the shadows were checked (a fifth of their first tokens match)…
+    assert max(rates) < 0.5  # …and never made drafting look worth a row at this price
 
 
 # ----------------------------------------------------------------------------------- engine

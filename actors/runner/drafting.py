@@ -9,9 +9,14 @@ proposal is a few dictionary lookups and a list slice, whatever the context's le
 The engine puts the proposal in the same ``llama_decode`` as everything else and keeps only what
 the model confirms (see :mod:`.engine`); a draft never changes the output, only the cost. How long
 a draft may be follows the job's recent acceptance rate and what one more batch row costs
-(:func:`best_length`): long while drafts are confirmed, zero while they are not worth their rows —
-then only a one-token probe every few steps — so a chat that does not repeat itself costs little
-more than the lookups.
+(:func:`best_length`): long while drafts are confirmed, zero while they are not worth their rows.
+
+While it is zero the drafter keeps learning without spending a row: it still looks up what it
+would have proposed (a *shadow* draft) and checks it against the tokens the model goes on to
+generate. That check is exact, not an estimate: a draft token is confirmed if and only if it is
+the token the job's own sampler picks at that position (see ``Engine._verify``), and the tokens
+generated are the same with drafts or without. So a chat that does not repeat itself costs
+nothing but the lookups, and text that starts repeating is noticed at the next step.
 """
 
 from __future__ import annotations
@@ -33,9 +38,6 @@ _DECAY = 0.9
 #: repeats its input drafts from its first tokens on).
 _PRIOR_TRIALS = 2.0
 _PRIOR_RATE = 0.6
-#: While drafting does not pay, one single-token probe every this many steps keeps the estimate
-#: alive (its cost is one batch row per _PROBE_EVERY steps).
-_PROBE_EVERY = 8
 
 
 def best_length(rate: float, cost: float, limit: int) -> int:
@@ -59,7 +61,8 @@ class Drafter:
     middle of a draft, and its final event must count what happened up to there).
     """
 
-    __slots__ = ("tokens", "_index", "limit", "_hits", "_trials", "_idle", "drafted", "accepted")
+    __slots__ = ("tokens", "_index", "limit", "_hits", "_trials", "_shadow", "_shadow_seen", "drafted",
+                 "accepted")
 
     def __init__(self, tokens: list[int], limit: int) -> None:
         self.tokens: list[int] = []
@@ -67,7 +70,10 @@ class Drafter:
         self.limit = limit  # the job's draft_max
         self._hits = _PRIOR_TRIALS * _PRIOR_RATE
         self._trials = _PRIOR_TRIALS
-        self._idle = 0  # steps since the last draft while drafting did not pay
+        #: the draft that would have been proposed while drafting did not pay, checked against the
+        #: tokens that follow as they are generated; and how many of it matched so far
+        self._shadow: list[int] | None = None
+        self._shadow_seen = 0
         self.drafted = 0
         self.accepted = 0
         for tok in tokens:
@@ -80,6 +86,16 @@ class Drafter:
 
     def append(self, tok: int) -> None:
         """``tok`` joins the context: index the n-grams it follows."""
+        shadow = self._shadow
+        if shadow is not None:
+            if shadow[self._shadow_seen] == tok:
+                self._shadow_seen += 1
+                if self._shadow_seen == len(shadow):
+                    self._shadow = None
+                    self.verified(len(shadow), len(shadow))
+            else:
+                self._shadow = None
+                self.verified(len(shadow), self._shadow_seen)
         toks = self.tokens
         t = len(toks)
         toks.append(tok)
@@ -88,16 +104,23 @@ class Drafter:
             if t >= n:
                 index[tuple(toks[t - n : t])] = t
 
-    def propose(self, room: int, cost: float, probe: bool = True) -> list[int]:
+    def propose(self, room: int, cost: float) -> list[int]:
         """Draft tokens that may follow the context: as many as pay at this row ``cost``, at most
-        ``room``; none when the context's tail has not been seen before. ``probe``: while drafting
-        does not pay, still try one token now and then."""
+        ``room``; none when the context's tail has not been seen before. While none pay, the
+        proposal is kept as a shadow and checked against the tokens generated next."""
         k = best_length(self.rate, cost, min(room, self.limit))
         if k <= 0:
-            self._idle += 1
-            if self._idle < _PROBE_EVERY or room <= 0 or not probe:
-                return []
-            k = 1  # a probe: has the text started repeating?
+            if self._shadow is None and room > 0 and self.limit > 0:
+                shadow = self._lookup(min(room, self.limit))
+                if shadow:
+                    self._shadow, self._shadow_seen = shadow, 0
+            return []
+        if self._shadow is not None:  # drafting for real again: the shadow's check is moot
+            self._shadow = None
+        return self._lookup(k)
+
+    def _lookup(self, k: int) -> list[int]:
+        """Up to ``k`` tokens that followed the latest earlier occurrence of the context's tail."""
         toks = self.tokens
         end = len(toks)
         index = self._index
@@ -110,7 +133,6 @@ class Drafter:
                 for i, tok in enumerate(draft):
                     if tok < 0:  # an image placeholder is no token to propose
                         return draft[:i]
-                self._idle = 0
                 return draft
         return []
 

@@ -597,7 +597,7 @@ class Engine:
             if job.drafter is None or room <= 0 or rows >= budget:
                 continue
             if shared:  # the whole candidate: the step-wide length is chosen below
-                job.draft = draft = job.drafter.propose(min(room, budget), _ANY_PRICE, probe=False)
+                job.draft = draft = job.drafter.propose(min(room, budget), _ANY_PRICE)
             else:
                 job.draft = draft = job.drafter.propose(min(room, budget - rows), cost)
             rows += len(draft)
