@@ -99,8 +99,7 @@ class JobHandle:
         """Stop the job: the runner frees its slot at the next decode step; no more events come."""
         if self.finished.is_set():
             return
-        if self.runner._jobs.pop(self.job_id, None) is not None:
-            self.runner._post([P.OP_CANCEL, self.job_id])
+        self.runner._forget_job(self.job_id)
         self._end()
 
     def _end(self) -> None:
@@ -411,6 +410,11 @@ class Runner:
             log.warning("runner_unknown_event", pid=self.pid, tag=tag)
 
     # ------------------------------------------------------------------ frames out
+    def _forget_job(self, job_id: str) -> None:
+        """Deliver nothing more for ``job_id``; tell the runner to free its slot if it still runs."""
+        if self._jobs.pop(job_id, None) is not None:
+            self._post([P.OP_CANCEL, job_id])
+
     def _post(self, message: list) -> None:
         frame = P.encode_frame(message)
         if len(frame) - P.HEADER.size > P.MAX_FRAME:
