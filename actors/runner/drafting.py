@@ -22,13 +22,24 @@ nothing but the lookups, and text that starts repeating is noticed at the next s
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
-__all__ = ["DEFAULT_DRAFT_MAX", "MAX_DRAFT_MAX", "Drafter", "RowCost", "best_length"]
+__all__ = ["DEFAULT_DRAFT_MAX", "DRAFT_ROW_COST", "DRAFT_ROW_COST_SHARED", "MAX_DRAFT_MAX", "Drafter",
+           "RowCost", "best_length", "plan_drafts"]
 
 #: Draft tokens per step at most, unless the request or the Modelfile says otherwise.
 DEFAULT_DRAFT_MAX = 8
 #: The largest ``draft_max`` a request may ask for.
 MAX_DRAFT_MAX = 64
+#: Starting prices of one draft row, as a share of a decode step, for a slot alone in the batch
+#: and beside other sequences; the engine then measures them (``RowCost``). Drafting token m pays
+#: while acceptance**m > price.
+DRAFT_ROW_COST = 0.15
+# Beside other sequences: 1.0 keeps shared steps from drafting (rate ** m never exceeds it).
+# Measured on the busy 2-core machine, 4 streams ran slower with drafts (0.56-0.78x) even with
+# equal-length runs, for reasons not yet found; a quiet-machine measurement should lower this.
+DRAFT_ROW_COST_SHARED = 1.0
+_ANY_PRICE = 1e-3  # a price at which any draft with some hope is proposed whole
 #: n-gram lengths looked up, longest first: a longer match predicts better, a shorter one
 #: finds something more often.
 _SIZES = (4, 3, 2)
@@ -190,3 +201,63 @@ class RowCost:
             return
         sample = min(self._CEILING, max(self._FLOOR, (seconds / base - 1.0) / rows))
         self._cost[shared] += self._ALPHA * (sample - self._cost[shared])
+
+
+#: One generating slot as the planner sees it: its drafter (``None``: ``draft_max`` 0), the room
+#: its draft has (context and ``num_predict`` left, less the step's own token), and its pending
+#: token (what padding repeats).
+Candidate = tuple["Drafter | None", int, int]
+
+
+def plan_drafts(candidates: Sequence[Candidate], budget: int, shared: bool, row_cost: RowCost) -> list[list[int]]:
+    """The draft of each generating slot in one decode step, out of ``budget`` spare batch rows.
+
+    A slot alone (``shared`` false) drafts what pays at the measured price of a row alone.
+
+    Beside other sequences (``shared``), llama.cpp's equal split (one KV stream per slot) puts
+    into one micro-batch the same number of tokens of each sequence; uneven runs cost a whole
+    extra pass over the weights per length — 4 streams ran at half speed that way. So there every
+    generating slot gets the same number of rows (:func:`_even_drafts`), the others padded with
+    their pending token repeated (a cheap guess, right now and then in repetitive text). A slot
+    that must not draft (``draft_max`` 0), or a recent plain step missing for the row price, means
+    no drafts in this step.
+    """
+    none: list[list[int]] = [[] for _ in candidates]
+    if row_cost.wants_plain(len(candidates)) or (shared and any(d is None for d, _, _ in candidates)):
+        return none
+    cost = row_cost.get(shared)
+    drafts = none
+    rows = 0
+    for i, (drafter, room, _) in enumerate(candidates):
+        if drafter is None or room <= 0 or rows >= budget:
+            continue
+        if shared:  # the whole candidate: the step-wide length is chosen below
+            drafts[i] = drafter.propose(min(room, budget), _ANY_PRICE)
+        else:
+            drafts[i] = drafter.propose(min(room, budget - rows), cost)
+        rows += len(drafts[i])
+    if shared and rows:
+        return _even_drafts(candidates, drafts, budget, cost)
+    return drafts
+
+
+def _even_drafts(candidates: Sequence[Candidate], drafts: list[list[int]], budget: int, cost: float
+                 ) -> list[list[int]]:
+    """One draft length for all: the ``k`` that maximises expected confirmed tokens (slot i's
+    draft token m is worth ``rate_i ** m``, padding nothing) minus ``cost`` per row, with
+    ``n × k`` rows in all; drafts are cut to ``k`` and padded up to it."""
+    n = len(candidates)
+    rates = [drafter.rate for drafter, _, _ in candidates]  # type: ignore[union-attr]
+    best_k, best, gain = 0, 0.0, 0.0
+    for k in range(1, min(max(len(d) for d in drafts), budget // n) + 1):
+        gain += sum(r**k for d, r in zip(drafts, rates) if len(d) >= k)
+        if gain - cost * n * k > best:
+            best_k, best = k, gain - cost * n * k
+    out = []
+    for (_, room, last), draft in zip(candidates, drafts):
+        k = min(best_k, max(0, room))
+        draft = draft[:k]
+        if len(draft) < k:
+            draft = draft + [draft[-1] if draft else last] * (k - len(draft))
+        out.append(draft)
+    return out

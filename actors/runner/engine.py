@@ -39,7 +39,8 @@ import attrs
 import llama_cpp as L
 
 from trillama.actors.runner import protocol as P
-from trillama.actors.runner.drafting import DEFAULT_DRAFT_MAX, MAX_DRAFT_MAX, Drafter, RowCost
+from trillama.actors.runner.drafting import (DEFAULT_DRAFT_MAX, DRAFT_ROW_COST, DRAFT_ROW_COST_SHARED,
+                                               MAX_DRAFT_MAX, Drafter, RowCost, plan_drafts)
 from trillama.actors.runner.embedding import ContextExceeded, Embedder
 from trillama.actors.runner.logprobs import token_logprob_entry
 from trillama.actors.runner.media import ImageSpan, MediaError, MediaPrompt, Vision
@@ -54,15 +55,6 @@ __all__ = ["Engine", "JobError", "Job", "Slot", "common_prefix"]
 log = get_logger("trillama.runner.engine")
 
 
-#: Starting prices of one draft row, as a share of a decode step, for a slot alone in the batch
-#: and beside other sequences; the engine then measures them (``RowCost``). Drafting token m pays
-#: while acceptance**m > price.
-DRAFT_ROW_COST = 0.15
-# Beside other sequences: 1.0 keeps shared steps from drafting (rate ** m never exceeds it).
-# Measured on the busy 2-core machine, 4 streams ran slower with drafts (0.56-0.78x) even with
-# equal-length runs, for reasons not yet found; a quiet-machine measurement should lower this.
-DRAFT_ROW_COST_SHARED = 1.0
-_ANY_PRICE = 1e-3  # a price at which any draft with some hope is proposed whole
 
 _JOB_FIELDS = frozenset(f.name for f in attrs.fields(GenerateJob))
 _SEQ = operator.attrgetter("seq")
@@ -571,61 +563,22 @@ class Engine:
         job.last = tok
 
     def _plan_drafts(self, generating: list[Slot], budget: int, shared: bool) -> int:
-        """Give generating slots draft tokens out of the ``budget`` that real tokens left over.
+        """Give generating slots draft tokens out of the ``budget`` that real tokens left over
+        (:func:`.drafting.plan_drafts` decides); returns the draft rows.
 
         A draft may not reach past the job's context or its ``num_predict``: the step yields up
-        to one token more than it drafts. Returns the draft rows.
-
-        Beside other sequences (``shared``), llama.cpp's equal split (one KV stream per slot)
-        puts into one micro-batch the same number of tokens of each sequence; uneven runs cost a
-        whole extra pass over the weights per length — 4 streams ran at half speed that way. So
-        there every generating slot gets the same number of rows: the longest draft any slot
-        wants, the others padded with their pending token repeated (a cheap guess, right now and
-        then in repetitive text). A slot that must not draft (``draft_max`` 0), or a recent plain
-        step missing for the row price, means no drafts in this step.
+        to one token more than it drafts.
         """
-        cost = self.row_cost.get(shared)
-        if self.row_cost.wants_plain(len(generating)) or (
-                shared and any(slot.job.drafter is None for slot in generating)):
-            return 0
+        candidates = [
+            (slot.job.drafter,
+             min(slot.job.limit - len(slot.cached) - 1, slot.job.max_new - len(slot.job.generated) - 1),
+             slot.job.last)
+            for slot in generating
+        ]
         rows = 0
-        rooms = []
-        for slot in generating:
-            job = slot.job
-            room = min(job.limit - len(slot.cached) - 1, job.max_new - len(job.generated) - 1)
-            rooms.append(room)
-            if job.drafter is None or room <= 0 or rows >= budget:
-                continue
-            if shared:  # the whole candidate: the step-wide length is chosen below
-                job.draft = draft = job.drafter.propose(min(room, budget), _ANY_PRICE)
-            else:
-                job.draft = draft = job.drafter.propose(min(room, budget - rows), cost)
-            rows += len(draft)
-        if shared and rows:
-            return self._even_drafts(generating, rooms, budget, cost)
-        return rows
-
-    @staticmethod
-    def _even_drafts(generating: list[Slot], rooms: list[int], budget: int, cost: float) -> int:
-        """One draft length for all: the ``k`` that maximises expected confirmed tokens (slot i's
-        draft token m is worth ``rate_i ** m``, padding nothing) minus ``cost`` per row, with
-        ``n × k`` rows in all; drafts are cut to ``k`` and padded up to it."""
-        n = len(generating)
-        drafts = [slot.job.draft for slot in generating]
-        rates = [slot.job.drafter.rate for slot in generating]
-        best_k, best, gain = 0, 0.0, 0.0
-        for k in range(1, min(max(len(d) for d in drafts), budget // n) + 1):
-            gain += sum(r**k for d, r in zip(drafts, rates) if len(d) >= k)
-            if gain - cost * n * k > best:
-                best_k, best = k, gain - cost * n * k
-        rows = 0
-        for slot, room, draft in zip(generating, rooms, drafts):
-            k = min(best_k, max(0, room))
-            draft = draft[:k]
-            if len(draft) < k:
-                draft = draft + [draft[-1] if draft else slot.job.last] * (k - len(draft))
+        for slot, draft in zip(generating, plan_drafts(candidates, budget, shared, self.row_cost)):
             slot.job.draft = draft
-            rows += k
+            rows += len(draft)
         return rows
 
     def _verify(self, slot: Slot, job: Job, i: int, events: list, now: int) -> None:
