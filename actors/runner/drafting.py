@@ -35,9 +35,11 @@ MAX_DRAFT_MAX = 64
 #: and beside other sequences; the engine then measures them (``RowCost``). Drafting token m pays
 #: while acceptance**m > price.
 DRAFT_ROW_COST = 0.15
-# Beside other sequences: 1.0 keeps shared steps from drafting (rate ** m never exceeds it).
-# Measured on the busy 2-core machine, 4 streams ran slower with drafts (0.56-0.78x) even with
-# equal-length runs, for reasons not yet found; a quiet-machine measurement should lower this.
+# Beside other sequences: 1.0 keeps shared steps from drafting (rate ** m never exceeds it). On a
+# quiet 2-core machine (2026-12-02, docs/benchmarks.md) a starting price of 0.5, learnt from
+# there, ran 4 streams at 0.77-0.92x of no drafts on every workload (about half the drafted rows,
+# padding included, confirmed), so shared steps stay undrafted on CPUs. A GPU, where a row is
+# nearly free, is where a lower price would pay; it is unmeasured.
 DRAFT_ROW_COST_SHARED = 1.0
 _ANY_PRICE = 1e-3  # a price at which any draft with some hope is proposed whole
 #: n-gram lengths looked up, longest first: a longer match predicts better, a shorter one
