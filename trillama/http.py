@@ -21,6 +21,10 @@ streamed token, about a third of what the server spent per token (issue 14, see
 at once — the normal case for a client that keeps up — :meth:`protocol_send` hands it to the
 socket directly, without yielding; anything else (a full socket buffer, an error, TLS) takes
 hypercorn's own path, so the bytes and their order on the wire are the same either way.
+
+:func:`chunk_shortcut` goes one step further for the chunks of a streamed body: it wraps the
+ASGI app so that a chunk skips hypercorn's per-chunk event layers and h11's state machine and
+reaches that direct write already framed (see its docstring for why that is the same bytes).
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ def _server_class(base: type, header_timeout: float, body_timeout: float) -> typ
                     break
             await self.protocol.handle(Closed())
 
-        def write_now(self, data: bytes) -> int:
+        def write_now(self, data: bytes) -> int | None:
             """Write ``data`` without yielding if nothing else is being written: the bytes the
             kernel took (all of them, normally), 0 if it took none, -1 if it refused (reset,
             closed…), or ``None`` if this connection cannot be written to directly (TLS, a
