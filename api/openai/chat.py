@@ -113,10 +113,14 @@ async def chat_events(plan: ChatPlan, timer: Timer) -> AsyncIterator[Delta | Don
         held: list[dict[str, Any]] = []
 
         def delta(message: Mapping[str, Any]) -> Delta:
-            logprobs = tuple(held)
-            held.clear()
+            # Once per streamed token: nothing is built for the fields a plain piece leaves empty.
+            logprobs: tuple = ()
+            if held:
+                logprobs = tuple(held)
+                held.clear()
+            calls = message.get("tool_calls")
             return Delta(content=message.get("content") or "", reasoning=message.get("thinking") or "",
-                          tool_calls=tuple(openai_tool_call(c) for c in message.get("tool_calls") or ()),
+                          tool_calls=tuple(openai_tool_call(c) for c in calls) if calls else (),
                           logprobs=logprobs)
 
         async with aclosing(run_job(lease, job)) as events:
