@@ -180,7 +180,7 @@ class RowCost:
     #: baseline stays measured even while every step could draft
     PLAIN_EVERY = 32
 
-    def __init__(self, alone: float, shared: float) -> None:
+    def __init__(self, alone: float = DRAFT_ROW_COST, shared: float = DRAFT_ROW_COST_SHARED) -> None:
         self._plain: dict[int, float] = {}
         self._cost = [alone, shared]
         self._since_plain: dict[int, int] = {}
@@ -224,11 +224,10 @@ def plan_drafts(candidates: Sequence[Candidate], budget: int, shared: bool, row_
     that must not draft (``draft_max`` 0), or a recent plain step missing for the row price, means
     no drafts in this step.
     """
-    none: list[list[int]] = [[] for _ in candidates]
+    drafts: list[list[int]] = [[] for _ in candidates]
     if row_cost.wants_plain(len(candidates)) or (shared and any(d is None for d, _, _ in candidates)):
-        return none
+        return drafts
     cost = row_cost.get(shared)
-    drafts = none
     rows = 0
     for i, (drafter, room, _) in enumerate(candidates):
         if drafter is None or room <= 0 or rows >= budget:

@@ -39,8 +39,7 @@ import attrs
 import llama_cpp as L
 
 from trillama.actors.runner import protocol as P
-from trillama.actors.runner.drafting import (DEFAULT_DRAFT_MAX, DRAFT_ROW_COST, DRAFT_ROW_COST_SHARED,
-                                               MAX_DRAFT_MAX, Drafter, RowCost, plan_drafts)
+from trillama.actors.runner.drafting import DEFAULT_DRAFT_MAX, MAX_DRAFT_MAX, Drafter, RowCost, plan_drafts
 from trillama.actors.runner.embedding import ContextExceeded, Embedder
 from trillama.actors.runner.logprobs import token_logprob_entry
 from trillama.actors.runner.media import ImageSpan, MediaError, MediaPrompt, Vision
@@ -53,8 +52,6 @@ from trillama.logs import get_logger
 __all__ = ["Engine", "JobError", "Job", "Slot", "common_prefix"]
 
 log = get_logger("trillama.runner.engine")
-
-
 
 _JOB_FIELDS = frozenset(f.name for f in attrs.fields(GenerateJob))
 _SEQ = operator.attrgetter("seq")
@@ -168,7 +165,7 @@ class Engine:
         self._embedder: Embedder | None = None
         # Rejected drafts are cut off the sequence's tail; a recurrent memory cannot do that.
         self.can_draft = not (L.llama_model_is_recurrent(model.ptr) or L.llama_model_is_hybrid(model.ptr))
-        self.row_cost = RowCost(DRAFT_ROW_COST, DRAFT_ROW_COST_SHARED)
+        self.row_cost = RowCost()
         self.drafted = 0  # draft tokens put in batches, all jobs
         self.draft_accepted = 0  # of which the model confirmed
 
