@@ -283,6 +283,17 @@ class Model:
             self.ptr = None
 
 
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_tile" in line.split()
+    except OSError:
+        pass
+    return False
+
+
 def load_model(
     path: Path,
     *,
@@ -294,6 +305,11 @@ def load_model(
     params = L.llama_model_default_params()
     params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
     params.load_mode = L.LLAMA_LOAD_MODE_MMAP if use_mmap else L.LLAMA_LOAD_MODE_NONE
+    if _cpu_has_amx():
+        # llama.cpp's AMX weight buffers (chosen on CPUs with AMX tiles) crash this build in
+        # llama_decode as soon as a batch holds more than one token (ggml_backend_amx_mul_mat,
+        # SIGSEGV); without the extra buffer types the weights take the plain CPU path.
+        params.use_extra_bufts = False
     ptr = L.llama_model_load_from_file(str(path).encode(), params)
     if not ptr:
         raise LoadError(f"unable to load model: {path}")
