@@ -87,17 +87,23 @@ def required_scope(rule: str | None) -> str:
 
 
 def presented_keys(headers: Any) -> tuple[list[str], str | None]:
-    """The keys a request presents, and a problem with how (an unsupported scheme), if any."""
+    """The keys a request presents, and a problem with how (an unsupported scheme), if any.
+
+    An empty header (``Authorization: Bearer`` with nothing after it, as an SDK sends with an
+    empty key) presents no key.
+    """
     keys: list[str] = []
     problem = None
     for value in headers.getlist("Authorization"):
         scheme, _, token = value.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        if not scheme or scheme.lower() == "bearer" and not token.strip():
+            continue
+        if scheme.lower() != "bearer":
             problem = "the Authorization header must be 'Bearer <API key>'"
-            keys.append(value)
+            keys.append(value.strip())
         else:
             keys.append(token.strip())
-    keys.extend(value.strip() for value in headers.getlist("x-api-key"))
+    keys.extend(value.strip() for value in headers.getlist("x-api-key") if value.strip())
     return keys, problem
 
 

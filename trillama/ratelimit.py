@@ -128,7 +128,7 @@ class KeyLimiter:
             return Refusal("concurrency", f"too many concurrent requests for API key {key.id!r} "
                            f"(its limit is {limits.max_concurrent})", 1)
         if usage.tokens is not None:
-            wait = usage.tokens.wait_for(1e-9)
+            wait = usage.tokens.wait_for(0)  # admitted while any token is left
             if wait > 0:
                 return Refusal("tokens_per_minute", f"API key {key.id!r} used its {limits.tokens_per_minute} "
                                f"tokens per minute; retry in {_seconds(wait)} s", _seconds(wait))
