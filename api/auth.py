@@ -33,6 +33,7 @@ from typing import Any, Iterable
 from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
 from quart import Blueprint, Response, current_app, request
+from quart.wrappers.response import DataBody
 
 from trillama.api import access
 from trillama.api.errors import APIError, error_body
@@ -260,7 +261,8 @@ class Gate:
         _, key, _ = held
         self.requests.labels(key.id, str(response.status_code)).inc()
         rule = request.url_rule.rule if request.url_rule is not None else None
-        if key.models and rule in _LISTINGS and response.status_code == 200 and not response.is_streamed:
+        if key.models and rule in _LISTINGS and response.status_code == 200 and isinstance(response.response,
+                                                                                             DataBody):
             import json
 
             field, name = _LISTINGS[rule]
