@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -129,7 +130,7 @@ def curl(base_url: str, method: str, path: str, body: Any = None, headers: dict[
     try:
         payload = json.loads(done.stderr)
     except ValueError:
-        payload = done.stderr
+        payload = done.stderr.decode("utf-8", "replace")
     return status, names, payload
 
 
@@ -354,7 +355,7 @@ async def test_one_key_flooding_the_queue_does_not_starve_another(keyed: Keyed) 
 
         async def queued() -> int:
             runners = (await http.get("/api/runners", headers=keyed.headers("adm"))).json()
-            return sum(r["queued"] for r in runners if r["name"] == SMOL)
+            return sum(r["queued"] for r in runners["runners"] if r["name"] == SMOL)
 
         async with trio.open_nursery() as nursery:
             for i in range(100):
@@ -372,29 +373,36 @@ async def test_one_key_flooding_the_queue_does_not_starve_another(keyed: Keyed) 
 
 # ----------------------------------------------------------------------------- per-key limits
 def test_concurrency_limit_gives_429_with_retry_after(keyed: Keyed) -> None:
-    base = keyed.server.base_url
-    body = {"model": SMOL, "prompt": "Tell me a long story.", "stream": True, "options": {"num_predict": 200}}
-    with httpx.Client(base_url=base, timeout=120) as http:
-        with http.stream("POST", "/api/generate", json=body, headers=keyed.headers("conc")) as stream:
-            assert stream.status_code == 200
-            next(stream.iter_lines())  # the first token: the request is in flight
-            status, headers, payload = curl(base, "GET", "/api/tags", None, keyed.headers("conc"))
-            assert status == 429 and int(headers["retry-after"]) >= 1
-            assert "too many concurrent requests" in payload["error"]
-            assert_shape("/api/tags", status, payload)
-            try:
-                openai.OpenAI(base_url=base + "/v1", api_key=keyed.key("conc"), max_retries=0).models.list()
-                raise AssertionError("expected a 429")
-            except openai.RateLimitError as exc:
-                assert exc.code == "rate_limit_exceeded" and exc.response.headers["retry-after"]
-            try:
-                anthropic.Anthropic(base_url=base, api_key=keyed.key("conc"), max_retries=0).messages.count_tokens(
-                    model=SMOL, messages=[{"role": "user", "content": "x"}])
-                raise AssertionError("expected a 429")
-            except anthropic.RateLimitError as exc:
-                assert exc.body["error"]["type"] == "rate_limit_error"
-            assert curl(base, "GET", "/api/tags", None, keyed.headers("inf"))[0] == 200  # other keys are free
-    # the stream ended (the client left): the key's slot is given back
+    base, port = keyed.server.base_url, keyed.server.port
+    # A request that stays in flight as long as the test wants: its body is announced and never
+    # finished (the key's limit admits a request when its headers arrive).
+    body = json.dumps({"model": SMOL, "prompt": "Hi", "stream": False}).encode()
+    held = socket.create_connection(("127.0.0.1", port))
+    held.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {keyed.key('conc')}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                 + body[:10])
+    try:
+        status, headers, payload = wait_for(
+            lambda: (r := curl(base, "GET", "/api/tags", None, keyed.headers("conc")))[0] == 429 and r)
+        assert int(headers["retry-after"]) >= 1 and "too many concurrent requests" in payload["error"]
+        assert_shape("/api/tags", status, payload)
+        try:
+            openai.OpenAI(base_url=base + "/v1", api_key=keyed.key("conc"), max_retries=0).models.list()
+            raise AssertionError("expected a 429")
+        except openai.RateLimitError as exc:
+            assert exc.code == "rate_limit_exceeded" and exc.response.headers["retry-after"]
+        try:
+            anthropic.Anthropic(base_url=base, api_key=keyed.key("conc"), max_retries=0).messages.count_tokens(
+                model=SMOL, messages=[{"role": "user", "content": "x"}])
+            raise AssertionError("expected a 429")
+        except anthropic.RateLimitError as exc:
+            assert exc.body["error"]["type"] == "rate_limit_error"
+        assert curl(base, "GET", "/api/tags", None, keyed.headers("inf"))[0] == 200  # other keys are free
+        held.sendall(body[10:])  # the held request completes...
+        assert held.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        held.close()
+    # ...and its place is given back
     wait_for(lambda: curl(base, "GET", "/api/tags", None, keyed.headers("conc"))[0] == 200, timeout=60)
 
 
