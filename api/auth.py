@@ -241,6 +241,8 @@ class Gate:
             return _unauthorized(f"invalid API key{': ' + problem if problem else ''}",
                                  "invalid_key", invalid=True)
         access.note(key_id=key.id)
+        held: list[Any] = [None, key, getattr(request, "access", None)]  # grant, key, access record
+        request.scope[_SCOPE_KEY] = held
         if need != ANY_KEY and need not in key.scopes:
             return _denial(403, f"API key {key.id!r} lacks the {need!r} scope this route needs", "scope")
         if key.models:
@@ -250,7 +252,7 @@ class Gate:
         admitted = self.limiter.admit(key)
         if isinstance(admitted, Refusal):
             return _too_many(admitted)
-        request.scope[_SCOPE_KEY] = (admitted, key, getattr(request, "access", None))
+        held[0] = admitted
         return None
 
     async def narrow(self, response: Response) -> Response:
@@ -258,10 +260,10 @@ class Gate:
         held = request.scope.get(_SCOPE_KEY)
         if held is None:
             return response
-        _, key, _ = held
+        grant, key, _ = held
         self.requests.labels(key.id, str(response.status_code)).inc()
         rule = request.url_rule.rule if request.url_rule is not None else None
-        if key.models and rule in _LISTINGS and response.status_code == 200 and isinstance(response.response,
+        if grant is not None and key.models and rule in _LISTINGS and response.status_code == 200 and isinstance(response.response,
                                                                                              DataBody):
             import json
 
@@ -276,6 +278,8 @@ class Gate:
         if held is None:
             return
         grant, key, record = held
+        if grant is None:  # refused after authentication: nothing was admitted
+            return
         prompt = (record.prompt_tokens or 0) if record is not None else 0
         generated = (record.generated_tokens or 0) if record is not None else 0
         grant.finish(prompt + generated)

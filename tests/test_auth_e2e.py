@@ -496,12 +496,13 @@ def test_log_and_metrics_show_key_ids_never_keys(keyed: Keyed) -> None:
                                                 "options": {"num_predict": 1}}, keyed.headers("inf"))[0] == 200
     curl(base, "GET", "/api/tags", None, {"Authorization": f"Bearer {WRONG}"})
     curl(base, "GET", "/api/tags")
-    curl(base, "GET", "/metrics", None, keyed.headers("inf"))
+    assert curl(base, "GET", "/metrics", None, keyed.headers("inf"))[0] == 403
     status, _, metrics = curl(base, "GET", "/metrics", None, keyed.headers("adm"))
     assert status == 200
     for reason in ("missing_key", "invalid_key", "scope"):
         assert re.search(rf'trillama_auth_denied_total{{reason="{reason}"}} [1-9]', metrics), reason
     assert re.search(r'trillama_key_requests_total{key="inf",status="200"} [1-9]', metrics)
+    assert re.search(r'trillama_key_requests_total{key="inf",status="403"} [1-9]', metrics)
     assert re.search(r'trillama_key_tokens_total{key="inf",kind="generated"} [1-9]', metrics)
     assert 'trillama_key_requests_in_flight{key="adm"} 1.0' in metrics
     log = wait_for(lambda: keyed.server.log_text())
