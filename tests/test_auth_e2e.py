@@ -571,3 +571,25 @@ def test_listening_beyond_loopback_without_keys(models_dir: Path) -> None:
         assert warning["level"] == "warning" and "beyond loopback, without API keys" in warning["message"]
     finally:
         server.stop()
+
+
+def test_launch_hands_the_key_to_the_agent(keyed: Keyed, tmp_path: Path) -> None:
+    """A stand-in ``claude`` asks the server with the credentials ``trillama launch`` gave it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "claude"
+    fake.write_text('#!/bin/sh\ncurl -s -o /dev/null -w "%{http_code}\\n" -H "Authorization: Bearer '
+                    '$ANTHROPIC_AUTH_TOKEN" -H "Content-Type: application/json" '
+                    '-d "{\\"model\\":\\"$ANTHROPIC_MODEL\\",\\"messages\\":[{\\"role\\":\\"user\\",\\"content\\":\\"hi\\"}]}" '
+                    '"$ANTHROPIC_BASE_URL/v1/messages/count_tokens"\necho "model: $ANTHROPIC_MODEL"\n')
+    fake.chmod(0o755)
+    env = {"OLLAMA_HOST": keyed.server.base_url, "OLLAMA_API_KEY": keyed.key("inf"),
+           "PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin"}
+    ran = _cli("launch", "claude", env=env)  # no --model: the newest model, listed with the key
+    assert ran.returncode == 0, ran.stderr
+    status, model = ran.stdout.splitlines()
+    assert status == "200"
+    assert model in (f"model: {SMOL}", f"model: {GEMMA}")
+    assert keyed.key("inf") not in ran.stderr  # the printed plan names $OLLAMA_API_KEY instead
+    ran = _cli("launch", "claude", "--model", SMOL, env={**env, "OLLAMA_API_KEY": WRONG})
+    assert ran.stdout.splitlines()[0] == "401"
