@@ -28,6 +28,7 @@ the drain), which also charges the tokens the request used to its key.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable
 
 from prometheus_client import Counter
@@ -38,7 +39,7 @@ from quart.wrappers.response import DataBody
 from trillama.api import access
 from trillama.api.errors import APIError, error_body
 from trillama.api.streaming import json_response
-from trillama.keys import ApiKey, KeySource
+from trillama.keys import ApiKey, KeyRing, KeySource
 from trillama.logs import get_logger
 from trillama.ratelimit import FailureBrake, KeyLimiter, Refusal
 
@@ -209,7 +210,8 @@ class Gate:
                               registry=registry)
         registry.register(_KeyGauge(self))
 
-    def keys(self) -> Any:
+    def keys(self) -> KeyRing:
+        """The keys in force (reloading a changed file); counters of removed keys are dropped."""
         ring = self.source.current()
         if set(ring.by_id) != self._known:
             self._known = set(ring.by_id)
@@ -263,10 +265,8 @@ class Gate:
         grant, key, _ = held
         self.requests.labels(key.id, str(response.status_code)).inc()
         rule = request.url_rule.rule if request.url_rule is not None else None
-        if grant is not None and key.models and rule in _LISTINGS and response.status_code == 200 and isinstance(response.response,
-                                                                                             DataBody):
-            import json
-
+        listing = rule in _LISTINGS and response.status_code == 200 and isinstance(response.response, DataBody)
+        if grant is not None and key.models and listing:
             field, name = _LISTINGS[rule]
             body = _narrow_listing(json.loads(await response.get_data()), key, field, name)
             response.set_data(json.dumps(body))
