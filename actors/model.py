@@ -1,6 +1,7 @@
 """The model actor: one Trio task family per loaded model, owning that model's runner process.
 
-Requests reach the actor through a *rendezvous* memory channel (buffer 0): a request is handed
+Requests reach the actor through a *rendezvous* hand-off (like a memory channel of buffer 0, with
+the waiting senders kept per tenant: ``actors/fair.py``): a request is handed
 over only when the dispatcher has a free slot to give it, so the senders blocked on the channel
 *are* the queue. That makes the bound exact and cheap to keep:
 
@@ -8,7 +9,12 @@ over only when the dispatcher has a free slot to give it, so the senders blocked
   at ``max_queue`` the next one is refused at once with :class:`ServerBusy` — whether the model is
   still loading or already serving (Ollama only bounds the former, ollama#7758);
 * a client that goes away while queued simply stops waiting on ``send``: Trio removes it from the
-  channel at once, and the lease's ``finally`` gives its queue place back.
+  channel at once, and the lease's ``finally`` gives its queue place back;
+* the queue is fair between *tenants* (an opaque id the caller passes with the lease request: the
+  API key's id): free slots go round robin between them (``actors/fair.py``), and a full queue
+  makes room for a tenant holding fewer places by refusing the newest place of the one holding
+  the most, so one key flooding the queue cannot keep another out. Without tenants (no keys)
+  it is first come, first served.
 
 Each admitted request gets its own channel of events (tokens, then one final event), which the
 runner client fills directly: a token goes from the runner's pipe to the task that writes it to
@@ -23,11 +29,12 @@ import itertools
 import math
 import time
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Hashable
 
 import attrs
 import trio
 
+from trillama.actors.fair import FairQueue
 from trillama.actors.memory import MemoryEstimate, Placement
 from trillama.logs import get_logger
 
@@ -126,15 +133,14 @@ class ModelActor:
     expires_at: float = math.inf  # trio clock
     expires_wall: float | None = None  # time.time() of the same moment, for /api/ps
 
-    _send: trio.MemorySendChannel = attrs.field(init=False)
-    _receive: trio.MemoryReceiveChannel = attrs.field(init=False)
+    #: the blocked senders, served round robin by tenant (``actors/fair.py``)
+    _queue: FairQueue = attrs.field(factory=FairQueue)
+    #: per tenant, the leases admitted and not yet handed a slot, oldest first
+    _pending_by_tenant: dict = attrs.field(factory=dict)
     _ready: trio.Event = attrs.field(factory=trio.Event)
     _stopped: trio.Event = attrs.field(factory=trio.Event)
     _activity: trio.Event = attrs.field(factory=trio.Event)
     _stop_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-
-    def __attrs_post_init__(self) -> None:
-        self._send, self._receive = trio.open_memory_channel(0)
 
     # ----------------------------------------------------------------- facts for /api/ps and scheduler
     @property
@@ -161,23 +167,22 @@ class ModelActor:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._watch_runner, nursery.cancel_scope)
                     nursery.start_soon(self._watch_expiry, nursery.cancel_scope)
-                    async with self._receive:
-                        while True:
-                            await slots.acquire()
-                            try:
-                                job = await self._receive.receive()
-                            except BaseException:
-                                slots.release()
-                                raise
-                            # Counted here, not when the job task starts: a request arriving
-                            # in between must see the slot taken.
-                            self.running += 1
-                            if self.running == 1:
-                                self.on_busy(self)
-                            nursery.start_soon(self._run_job, job, slots)
+                    while True:
+                        await slots.acquire()
+                        try:
+                            job = await self._queue.get()
+                        except BaseException:
+                            slots.release()
+                            raise
+                        # Counted here, not when the job task starts: a request arriving
+                        # in between must see the slot taken.
+                        self.running += 1
+                        if self.running == 1:
+                            self.on_busy(self)
+                        nursery.start_soon(self._run_job, job, slots)
         finally:
             self.state = "stopping"
-            self._send.close()
+            self._queue.close()
 
     async def _watch_runner(self, scope: trio.CancelScope) -> None:
         assert self.runner is not None
@@ -246,14 +251,14 @@ class ModelActor:
         self.state = "failed"
         self.load_error = message
         self._ready.set()
-        self._send.close()
+        self._queue.close()
         self._stopped.set()
 
     def mark_stopped(self) -> None:
         if self.state != "failed":
             self.state = "stopped"
         self._ready.set()
-        self._send.close()
+        self._queue.close()
         self._stopped.set()
 
     def request_stop(self, reason: str) -> None:
@@ -267,15 +272,21 @@ class ModelActor:
         await self._stopped.wait()
 
     # ----------------------------------------------------------------- the request side
-    def admit(self, keep_alive: float | None) -> "Lease":
-        """Take a place in the queue or refuse at once (``ServerBusy``); raise ``ModelGone`` if stopping."""
+    def admit(self, keep_alive: float | None, tenant: Hashable = None) -> "Lease":
+        """Take a place in the queue or refuse at once (``ServerBusy``); raise ``ModelGone`` if stopping.
+
+        ``tenant`` is an opaque id of who asks (the API key's id; ``None`` without keys): places
+        are handed slots round robin between tenants, and a full queue makes room for a tenant
+        that holds fewer places than the one holding most, by refusing that one's newest place
+        (:meth:`_make_room_for`). One tenant flooding the queue thus cannot keep another out.
+        """
         if not self.accepting:
             raise ModelGone(self.name)
         # Pending leases include those about to take a free slot: a burst that arrives before the
         # dispatcher hands out slots must still get ``num_parallel`` running plus ``max_queue``
         # waiting, no fewer. Started leases hold their slots.
         free_slots = max(0, self.options.num_parallel - (self.refcount - self.pending))
-        if self.pending >= self.max_queue + free_slots:
+        if self.pending >= self.max_queue + free_slots and not self._make_room_for(tenant):
             raise ServerBusy(self.name)
         self.pending += 1
         self.refcount += 1
@@ -285,11 +296,43 @@ class ModelActor:
         self.expires_wall = None
         self.last_used = time.monotonic()
         self._activity.set()
-        return Lease(self)
+        lease = Lease(self, tenant=tenant)
+        self._pending_by_tenant.setdefault(tenant, []).append(lease)
+        return lease
+
+    def _make_room_for(self, tenant: Hashable) -> bool:
+        """The queue is full: refuse the newest place of the tenant holding the most, if that
+        tenant holds at least two more than ``tenant`` (so the shares end no more than even).
+
+        The refused lease's request fails with ``ServerBusy`` where it waits: in the queue at
+        once, otherwise when it next asks the actor for anything (``Lease.check``).
+        """
+        mine = len(self._pending_by_tenant.get(tenant, ()))
+        hog, most = None, mine + 1
+        for other, leases in self._pending_by_tenant.items():
+            if other != tenant and len(leases) > most:
+                hog, most = other, len(leases)
+        if hog is None:
+            return False
+        victim = self._pending_by_tenant[hog][-1]
+        self._unpend(victim)
+        victim.refused = True
+        self.pending -= 1
+        self._queue.reject(hog, victim, ServerBusy(self.name))
+        log.info("queue_place_refused", model=self.name, tenant=hog, for_tenant=tenant, held=most)
+        return True
+
+    def _unpend(self, lease: "Lease") -> None:
+        leases = self._pending_by_tenant.get(lease.tenant)
+        if leases is not None and lease in leases:
+            leases.remove(lease)
+            if not leases:
+                del self._pending_by_tenant[lease.tenant]
 
     def _release(self, lease: "Lease") -> None:
-        if not lease.started:
+        if not lease.started and not lease.refused:
             self.pending -= 1
+            self._unpend(lease)
         self.refcount -= 1
         self.last_used = time.monotonic()
         if self.refcount == 0:
@@ -320,29 +363,35 @@ class ModelActor:
             raise ModelGone(self.name)
 
     async def _submit(self, lease: "Lease", kind: str, payload: Any) -> tuple[_Job, trio.MemoryReceiveChannel]:
+        lease.check()
         send, receive = trio.open_memory_channel(math.inf)
         job = _Job(kind=kind, payload=payload, events=send, lease=lease)
         # Whether a slot is free for this request, recorded on the lease for the access log: the
-        # jobs holding slots and the senders already blocked on the channel (the queue) come
-        # first. (Asking whether the dispatcher waits to receive raced with it: it yields once
-        # between taking a slot and waiting.)
-        ahead = self.running + self._send.statistics().tasks_waiting_send
+        # jobs holding slots and the senders already blocked in the queue come first. (Asking
+        # whether the dispatcher waits to receive raced with it: it yields once between taking a
+        # slot and waiting.)
+        ahead = self.running + len(self._queue)
         if self.state != "ready" or ahead >= self.options.num_parallel:
             lease.queued = True
         waited = time.monotonic()
         try:
-            await self._send.send(job)
+            await self._queue.put(lease.tenant, job, ticket=lease)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             send.close()
             receive.close()
             if self.state == "failed":
                 raise LoadFailed(self.load_error or "model failed to load") from None
             raise ModelGone(self.name) from None
+        except BaseException:
+            send.close()
+            receive.close()
+            raise
         finally:
             lease.queued_s += time.monotonic() - waited
         if not lease.started:
             lease.started = True
             self.pending -= 1
+            self._unpend(lease)
         return job, receive
 
 
@@ -351,8 +400,12 @@ class Lease:
     """A request's hold on a model: keeps it loaded, owns one place in its queue until it runs."""
 
     actor: ModelActor
+    #: who asked, as the scheduler was told (an API key's id); fairness is between tenants
+    tenant: Hashable = None
     started: bool = False
     released: bool = False
+    #: its queue place was given to another tenant's request (a full queue, ``ModelActor.admit``)
+    refused: bool = False
     #: whether the request had to wait for a free slot, and for how long in all (seconds)
     queued: bool = False
     queued_s: float = 0.0
@@ -365,6 +418,11 @@ class Lease:
         loaded = self.actor.num_ctx
         wanted = int(requested or 0)
         return min(wanted, loaded) if wanted > 0 else loaded
+
+    def check(self) -> None:
+        """Raise ``ServerBusy`` if this lease's queue place was given to another tenant."""
+        if self.refused:
+            raise ServerBusy(self.actor.name)
 
     def release(self) -> None:
         if not self.released:

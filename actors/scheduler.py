@@ -176,9 +176,12 @@ class Scheduler:
         record: Any,
         options: Mapping[str, Any] | None = None,
         keep_alive: float | None = None,
+        tenant: Any = None,
     ) -> Lease:
         """A lease on a loaded model that can serve ``record`` with ``options``.
 
+        ``tenant`` is an opaque id of who asks (an API key's id, never the key); the model's queue
+        is fair between tenants (``ModelActor.admit``).
         Waits for the load if needed. Raises ``ServerBusy`` when that model's queue is full,
         ``LoadFailed`` when it cannot be loaded. Cancel-safe: a caller cancelled while waiting
         leaves the queue immediately.
@@ -195,11 +198,12 @@ class Scheduler:
                 if self._asks_threads(record, options):
                     self._pinned.add(actor)
             try:
-                lease = actor.admit(keep_alive)
+                lease = actor.admit(keep_alive, tenant)
             except ModelGone:
                 continue
             try:
                 await actor.wait_ready()
+                lease.check()
             except ModelGone:
                 lease.release()
                 continue

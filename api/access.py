@@ -30,6 +30,8 @@ class AccessRecord:
     path: str
     client: str | None
     user_agent: str | None
+    #: the API key's id (never the key) once authenticated (api/auth.py)
+    key_id: str | None = None
     started: float = attrs.field(factory=time.perf_counter)
     route: str = "unmatched"
     status: int | None = None
@@ -64,6 +66,7 @@ class AccessRecord:
             "total_ms": round((time.perf_counter() - self.started) * 1000, 1),
         }
         optional = {
+            "key_id": self.key_id,
             "model": self.model,
             "prompt_tokens": self.prompt_tokens,
             "generated_tokens": self.generated_tokens,

@@ -17,7 +17,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trillama import __version__
-from trillama.api import access, anthropic, health, inference, manage, metrics, openai, registry
+from trillama.api import access, anthropic, auth, health, inference, manage, metrics, openai, registry
 from trillama.api.metrics import Metrics
 from trillama.api.context import Services
 from trillama.api.cors import CorsPolicy
@@ -192,5 +192,6 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(openai.blueprint)
     app.register_blueprint(anthropic.blueprint)
     app.register_blueprint(metrics.blueprint)
+    auth.install(app, services.settings)  # API keys, scopes, per-key limits (docs/security.md)
     health.install(app, services.lifecycle)
     return app

@@ -126,7 +126,8 @@ async def model_lease(
         entry.model = record.name.display
     asked = time.perf_counter()
     try:
-        lease = await scheduler.acquire(record, options, keep_alive)
+        lease = await scheduler.acquire(record, options, keep_alive,
+                                        tenant=entry.key_id if entry is not None else None)
     except ServerBusy:
         raise APIError(503, SERVER_BUSY, headers={"Retry-After": "1"}) from None
     except LoadFailed as exc:
@@ -142,6 +143,8 @@ async def model_lease(
         entry.load_s = time.perf_counter() - asked
     try:
         yield lease
+    except ServerBusy:  # its queue place went to another key's request (ModelActor.admit)
+        raise APIError(503, SERVER_BUSY, headers={"Retry-After": "1"}) from None
     finally:
         if entry is not None:
             entry.queued, entry.queue_s = lease.queued, lease.queued_s

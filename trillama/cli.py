@@ -34,6 +34,11 @@ ENV_DOCS = (
     ("TRILLAMA_NUM_THREADS", "CPU threads the runners share (default: the physical cores)"),
     ("TRILLAMA_BUNDLED_MODEL", "Create the bundled smollm2:135m on start when missing (default 1)"),
     ("TRILLAMA_LOG_FORMAT", "Log lines as text or json (default text)"),
+    ("TRILLAMA_API_KEYS_FILE", "API key file: hashed keys, scopes, limits (see `trillama keys`)"),
+    ("TRILLAMA_API_KEY", "One API key with every scope"),
+    ("TRILLAMA_REQUIRE_KEYS", "Refuse to listen beyond loopback without keys (default 0)"),
+    ("TRILLAMA_TLS_CERT", "TLS certificate chain (PEM); with TRILLAMA_TLS_KEY serves HTTPS"),
+    ("TRILLAMA_TLS_KEY", "TLS private key (PEM)"),
 )
 
 
@@ -47,6 +52,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         run(settings)
+    except ConfigError as exc:  # a key file or certificate that cannot be used, an exposed server
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # pragma: no cover - signals are handled inside; this is a last resort
         pass
     return 0
@@ -58,7 +66,7 @@ def print_version() -> int:
 
     server = ""
     try:
-        with httpx.Client(base_url=client_cli.base_url(), timeout=10) as client:
+        with httpx.Client(base_url=client_cli.base_url(), timeout=10, headers=client_cli.auth_headers()) as client:
             server = client.get("/api/version").json().get("version", "")
     except (httpx.HTTPError, ValueError):
         print("Warning: could not connect to a running Ollama instance")
@@ -81,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog=_env_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.set_defaults(func=_serve)
     client_cli.register(sub)
-    from trillama import launch
+    from trillama import keyscmd, launch
 
     launch.register(sub)
+    keyscmd.register(sub)
     return parser
 
 

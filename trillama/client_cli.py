@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import httpx
 
-__all__ = ["register", "base_url"]
+__all__ = ["register", "base_url", "auth_headers"]
 
 
 def base_url() -> str:
@@ -38,8 +38,18 @@ class CLIError(Exception):
     pass
 
 
+def auth_headers() -> dict[str, str]:
+    """``Authorization: Bearer $OLLAMA_API_KEY`` when it is set, as Ollama's own clients send it.
+
+    (An ``https://`` server's certificate is checked against the system's CAs, or the bundle that
+    ``SSL_CERT_FILE`` names.)
+    """
+    key = os.environ.get("OLLAMA_API_KEY", "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def _client() -> httpx.Client:
-    return httpx.Client(base_url=base_url(), timeout=None)
+    return httpx.Client(base_url=base_url(), timeout=None, headers=auth_headers())
 
 
 def _check(response: httpx.Response) -> httpx.Response:

@@ -192,6 +192,16 @@ def _parse_paths(text: str) -> tuple[Path, ...]:
     return tuple(p.resolve() for p in paths)
 
 
+def _parse_file_path(text: str) -> Path:
+    return Path(text).expanduser().absolute()
+
+
+def _parse_api_key(text: str) -> str:
+    if any(ord(c) < 0x21 or ord(c) > 0x7E for c in text):
+        raise ValueError("an API key is printable ASCII without spaces (it travels in an HTTP header)")
+    return text
+
+
 def _default_threads() -> int:
     # Lazily: actors/ imports this module. Physical cores within CPU affinity and cgroup quota.
     from trillama.actors.cpu import default_threads
@@ -247,6 +257,18 @@ class Settings:
     #: trillama: directories whose files the classic create forms (``FROM /path``, ``ADAPTER /path``,
     #: ``"path"``) may read. Empty (the default): server-side paths outside the store are refused.
     create_paths: tuple[Path, ...] = ()
+    #: trillama: the API key file (hashed keys with ids, scopes, model allow-lists, limits; reloaded
+    #: when it changes). Unset, and without ``api_key``: no keys are asked for (docs/security.md).
+    api_keys_file: Path | None = None
+    #: trillama: one API key with every scope (``TRILLAMA_API_KEY``); never logged.
+    api_key: str = attrs.field(default="", repr=False)
+    #: trillama: refuse to start listening beyond loopback without keys.
+    require_keys: bool = False
+    #: trillama: wrong keys one client address may present per minute before it must wait (0 = no brake).
+    auth_failures_per_minute: int = 10
+    #: trillama: TLS certificate chain and private key (PEM); both or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     #: The ed25519 key that signs registry token requests (Ollama's, so a registered key works).
     keypair: Path = attrs.field(factory=lambda: Path.home() / ".ollama" / "id_ed25519")
 
@@ -283,7 +305,8 @@ class Settings:
             try:
                 values[field] = parse(raw)
             except (ValueError, TypeError) as exc:
-                raise ConfigError(f"invalid value for {name}: {raw!r} ({exc})") from None
+                shown = "(hidden)" if name == "TRILLAMA_API_KEY" else repr(raw)  # never echo a secret
+                raise ConfigError(f"invalid value for {name}: {shown} ({exc})") from None
 
         raw_host = env.get("OLLAMA_HOST", "").strip().strip("\"'")
         if raw_host:
@@ -314,6 +337,15 @@ class Settings:
         read("TRILLAMA_HEADER_TIMEOUT", "header_timeout", _parse_timeout)
         read("TRILLAMA_BODY_TIMEOUT", "body_timeout", _parse_timeout)
         read("TRILLAMA_CREATE_PATHS", "create_paths", _parse_paths)
+        read("TRILLAMA_API_KEYS_FILE", "api_keys_file", _parse_file_path)
+        read("TRILLAMA_API_KEY", "api_key", _parse_api_key)
+        read("TRILLAMA_REQUIRE_KEYS", "require_keys", _parse_bool)
+        read("TRILLAMA_AUTH_FAILURES_PER_MINUTE", "auth_failures_per_minute", _parse_uint)
+        read("TRILLAMA_TLS_CERT", "tls_cert", _parse_file_path)
+        read("TRILLAMA_TLS_KEY", "tls_key", _parse_file_path)
+        if ("tls_cert" in values) != ("tls_key" in values):
+            missing = "TRILLAMA_TLS_KEY" if "tls_cert" in values else "TRILLAMA_TLS_CERT"
+            raise ConfigError(f"TLS needs both TRILLAMA_TLS_CERT and TRILLAMA_TLS_KEY; {missing} is not set")
         return cls(**values)  # type: ignore[arg-type]
 
     def as_log_fields(self) -> dict[str, object]:
@@ -326,6 +358,9 @@ class Settings:
         fields["preload"] = [p.name if p.keep_alive == FOREVER else f"{p.name}={p.keep_alive}"
                              for p in self.preload]
         fields["create_paths"] = [str(p) for p in self.create_paths]
+        fields["api_key"] = "set" if self.api_key else None  # the key itself is never logged
+        for name in ("api_keys_file", "tls_cert", "tls_key"):
+            fields[name] = None if fields[name] is None else str(fields[name])
         for name in ("header_timeout", "body_timeout"):
             if fields[name] == FOREVER:
                 fields[name] = "forever"

@@ -25,7 +25,21 @@ import attrs
 __all__ = ["Plan", "Integration", "INTEGRATIONS", "plan_for", "find_binary", "register"]
 
 PROVIDER = "trillama"
-API_KEY = "trillama"  # the server ignores keys; the tools insist on having one
+API_KEY = "trillama"  # a server without keys ignores it; the tools insist on having one
+
+
+def api_key() -> str:
+    """The key the agent sends: ``OLLAMA_API_KEY`` when set (a server with keys), else a placeholder."""
+    return os.environ.get("OLLAMA_API_KEY", "").strip() or API_KEY
+
+
+def _shown(value: str) -> str:
+    """``value`` for a printed plan: the key stays out of terminals and logs, as ``$OLLAMA_API_KEY``."""
+    key = api_key()
+    quoted = shlex.quote(value)
+    if key == API_KEY or key not in quoted:
+        return quoted
+    return quoted.replace(key, "'\"$OLLAMA_API_KEY\"'" if quoted.startswith("'") else '"$OLLAMA_API_KEY"')
 
 
 @attrs.frozen
@@ -37,7 +51,7 @@ class Plan:
 
     def render(self) -> str:
         lines = ["Environment:"]
-        lines += [f"  export {key}={shlex.quote(value)}" for key, value in self.env]
+        lines += [f"  export {key}={_shown(value)}" for key, value in self.env]
         lines += ["", "Command:", "  " + shlex.join(self.argv)]
         return "\n".join(lines) + "\n"
 
@@ -56,7 +70,7 @@ def _claude(model: str, base: str, extra: tuple[str, ...]) -> Plan:
     env = (
         ("ANTHROPIC_BASE_URL", base),
         ("ANTHROPIC_API_KEY", ""),
-        ("ANTHROPIC_AUTH_TOKEN", API_KEY),
+        ("ANTHROPIC_AUTH_TOKEN", api_key()),
         ("ANTHROPIC_MODEL", model),
         ("ANTHROPIC_DEFAULT_OPUS_MODEL", model),
         ("ANTHROPIC_DEFAULT_SONNET_MODEL", model),
@@ -86,7 +100,7 @@ def _codex(model: str, base: str, extra: tuple[str, ...]) -> Plan:
     for override in codex_overrides(base):
         argv += ["-c", override]
     argv += ["-m", model, *extra]
-    return Plan((("OPENAI_API_KEY", API_KEY),), tuple(argv))
+    return Plan((("OPENAI_API_KEY", api_key()),), tuple(argv))
 
 
 def opencode_config(model: str, base: str) -> dict[str, Any]:
@@ -97,7 +111,7 @@ def opencode_config(model: str, base: str) -> dict[str, Any]:
             PROVIDER: {
                 "npm": "@ai-sdk/openai-compatible",
                 "name": "trillama",
-                "options": {"baseURL": f"{base}/v1"},
+                "options": {"baseURL": f"{base}/v1", "apiKey": api_key()},
                 "models": {model: {"name": model}},
             }
         },
@@ -143,9 +157,10 @@ def _default_model(base: str) -> str:
     import httpx
 
     from trillama.bundled import BUNDLED_NAME
+    from trillama.client_cli import auth_headers
 
     try:
-        models = httpx.get(base + "/api/tags", timeout=10).json().get("models") or []
+        models = httpx.get(base + "/api/tags", timeout=10, headers=auth_headers()).json().get("models") or []
     except (httpx.HTTPError, ValueError):
         return BUNDLED_NAME
     return models[0]["name"] if models else BUNDLED_NAME

@@ -22,7 +22,7 @@ from trillama.actors.prompt.inspector import GoTemplateInspector
 from trillama.actors.scheduler import Scheduler
 from trillama.api.app import create_app
 from trillama.api.context import Services
-from trillama.config import Settings
+from trillama.config import ConfigError, Settings
 from trillama.http import chunk_shortcut, install_tcp_server
 from trillama.lifecycle import Lifecycle
 from trillama.logs import configure_logging, get_logger
@@ -33,6 +33,42 @@ from trillama.store import ModelStore
 __all__ = ["serve", "prepare_store"]
 
 log = get_logger("trillama.server")
+
+
+def check_access(settings: Settings) -> None:
+    """Before anything starts: the keys load, the TLS files load, and the server is not left open.
+
+    A key file or certificate that cannot be used stops the start with a message naming it (a
+    typo must not leave a server open or half-configured). Listening beyond loopback without
+    keys is logged as a warning, or refused with ``TRILLAMA_REQUIRE_KEYS=1``.
+    """
+    import ssl
+
+    from trillama.api.hosts import is_loopback_bind
+    from trillama.keys import KeyFileError, KeySource
+
+    try:
+        keys = KeySource.from_settings(settings)
+    except KeyFileError as exc:
+        raise ConfigError(f"TRILLAMA_API_KEYS_FILE: {exc}") from None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(settings.tls_cert, settings.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TRILLAMA_TLS_CERT/TRILLAMA_TLS_KEY ({settings.tls_cert}, {settings.tls_key}): "
+                              f"cannot load the certificate and key: {exc}") from None
+    if settings.api_key and len(settings.api_key) < 16:
+        log.warning("weak_api_key", message="TRILLAMA_API_KEY is shorter than 16 characters; "
+                    "`trillama keys add` makes keys that cannot be guessed")
+    if keys is None and not is_loopback_bind(settings.host):
+        where = f"{settings.host}:{settings.port}"
+        if settings.require_keys:
+            raise ConfigError(f"refusing to listen on {where} without API keys (TRILLAMA_REQUIRE_KEYS=1): "
+                              "set TRILLAMA_API_KEYS_FILE or TRILLAMA_API_KEY (docs/security.md)")
+        log.warning("exposed_without_keys", listen=where,
+                    message=f"listening on {where}, beyond loopback, without API keys: anyone who can reach "
+                            "it can run, pull, create and delete models. Set TRILLAMA_API_KEYS_FILE or "
+                            "TRILLAMA_API_KEY (docs/security.md); TRILLAMA_REQUIRE_KEYS=1 refuses to start so")
 
 
 def prepare_store(settings: Settings) -> ModelStore:
@@ -85,6 +121,9 @@ async def serve(settings: Settings) -> None:
     config.accesslog = None
     config.errorlog = None
     config.keep_alive_timeout = 75.0
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        # hypercorn serves TLS and offers HTTP/2 by ALPN (h2, then http/1.1) to clients that ask.
+        config.certfile, config.keyfile = str(settings.tls_cert), str(settings.tls_key)
     install_tcp_server(settings.header_timeout, settings.body_timeout)
 
     async with trio.open_nursery() as nursery:
@@ -99,7 +138,8 @@ async def serve(settings: Settings) -> None:
             nursery.start_soon(partial(preload_models, settings.preload, store=store, registry=registry,
                                        scheduler=scheduler, lifecycle=lifecycle,
                                        insecure=settings.preload_insecure))
-        log.info("listening", host=settings.host, port=settings.port)
+        log.info("listening", host=settings.host, port=settings.port,
+                 scheme="https" if config.ssl_enabled else "http")
         await hypercorn_serve(chunk_shortcut(app), config, shutdown_trigger=shutdown.wait)
         log.info("http_stopped")
         await scheduler.shutdown()
@@ -108,5 +148,7 @@ async def serve(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> None:
+    """Configure logging, check access control (``ConfigError`` stops here), then serve."""
     configure_logging(debug=settings.debug, fmt=settings.log_format)
+    check_access(settings)
     trio.run(serve, settings)
