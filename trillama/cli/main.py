@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trillama import __version__, client_cli
+from trillama import __version__
+from trillama.cli import commands
 from trillama.config import ConfigError, Settings
 
 __all__ = ["main", "ENV_DOCS"]
@@ -58,7 +59,7 @@ def print_version() -> int:
 
     server = ""
     try:
-        with httpx.Client(base_url=client_cli.base_url(), timeout=10) as client:
+        with httpx.Client(base_url=commands.base_url(), timeout=10) as client:
             server = client.get("/api/version").json().get("version", "")
     except (httpx.HTTPError, ValueError):
         print("Warning: could not connect to a running Ollama instance")
@@ -80,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", aliases=["start"], help="Start the server", description="Start the server",
                            epilog=_env_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.set_defaults(func=_serve)
-    client_cli.register(sub)
-    from trillama import launch
+    commands.register(sub)
+    from trillama.cli import launch
 
     launch.register(sub)
     return parser

@@ -52,7 +52,7 @@ def _upload(client: httpx.Client, path: Path, say) -> str:
         with path.open("rb") as f:
             response = client.post(f"/api/blobs/{digest}", content=f)
         if response.status_code >= 400:
-            from trillama.client_cli import _check
+            from trillama.cli.commands import _check
 
             _check(response)
     say(f"copying file {digest} 100%")
@@ -61,7 +61,7 @@ def _upload(client: httpx.Client, path: Path, say) -> str:
 
 def create_request(client: httpx.Client, model: str, text: str, base_dir: Path, say=print) -> dict[str, Any]:
     """The ``/api/create`` body for Modelfile ``text``, with its local files uploaded first."""
-    from trillama.client_cli import CLIError
+    from trillama.cli.commands import CLIError
     from trillama.store.errors import InvalidRequest
     from trillama.store.modelfile import parse_modelfile
 

@@ -136,7 +136,7 @@ SHOW_FLAGS = ("license", "modelfile", "parameters", "system", "template")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from trillama.showinfo import format_show
+    from trillama.cli.showinfo import format_show
 
     chosen = [flag for flag in SHOW_FLAGS if getattr(args, flag)]
     if len(chosen) > 1:
@@ -178,7 +178,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_create(args: argparse.Namespace) -> int:
     """Upload the files the Modelfile names, send the rest as a structured create, print progress."""
-    from trillama.createcmd import create_request
+    from trillama.cli.create import create_request
 
     path = Path(args.file or "Modelfile")
     if args.file and not path.exists():
@@ -355,6 +355,6 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from trillama.runcmd import cmd_run
+    from trillama.cli.run import cmd_run
 
     return cmd_run(args)

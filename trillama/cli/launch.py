@@ -152,7 +152,7 @@ def _default_model(base: str) -> str:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from trillama.client_cli import base_url
+    from trillama.cli.commands import base_url
 
     integration = INTEGRATIONS[args.integration]
     base = base_url()

@@ -1,4 +1,4 @@
-"""``trillama run MODEL [PROMPT]``: one answer, or the interactive session (``trillama.repl``).
+"""``trillama run MODEL [PROMPT]``: one answer, or the interactive session (``trillama.cli.repl``).
 
 As ``ollama run``: the model is shown first (and pulled when missing); a prompt on the command
 line or anything on stdin makes the run non-interactive, and so does a stdout that is not a
@@ -19,9 +19,9 @@ from typing import Any
 import attrs
 import httpx
 
-from trillama.client_cli import CLIError, _check, _client, _stream, show_progress, with_images
+from trillama.cli.commands import CLIError, _check, _client, _stream, show_progress, with_images
 from trillama.durations import DurationError, parse_go_duration
-from trillama.termout import AnswerPrinter, Spinner, summary_lines
+from trillama.cli.termout import AnswerPrinter, Spinner, summary_lines
 
 __all__ = ["RunOptions", "answer", "cmd_run", "parse_think"]
 
@@ -178,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _embed(client, opts, " ".join(prompts))
         if not interactive:
             return _run_once(client, opts, " ".join(prompts))
-        from trillama.repl import Repl
+        from trillama.cli.repl import Repl
 
         load(client, opts)
         for msg in opts.loaded_messages:
