@@ -17,7 +17,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trillama import __version__
-from trillama.api import access, anthropic, health, inference, manage, metrics, openai, registry
+from trillama.api import access, anthropic, health, metrics, openai
+from trillama.api.ollama import inference, manage, registry
 from trillama.api.metrics import Metrics
 from trillama.api.context import Services
 from trillama.api.cors import CorsPolicy
