@@ -11,8 +11,9 @@ import signal
 import pytest
 
 from trillama.cli import launch
+from trillama.cli.answer import RunOptions
 from trillama.cli.commands import CLIError
-from trillama.cli.run import RunOptions, hear_ctrl_c, parse_think
+from trillama.cli.run import hear_ctrl_c, parse_think
 from trillama.cli.showinfo import format_show, human_number
 from trillama.cli.termout import AnswerPrinter, WordWrap, render_tool_calls, summary_lines
 
