@@ -23,7 +23,7 @@ from trillama.api.metrics import Metrics
 from trillama.api.context import Services
 from trillama.api.cors import CorsPolicy
 from trillama.api.hosts import host_allowed, is_loopback_bind
-from trillama.api.errors import APIError, error_body
+from trillama.api.errors import APIError, error_body, error_status
 from trillama.api.streaming import json_response
 from trillama.logs import get_logger
 
@@ -146,8 +146,8 @@ def create_app(services: Services) -> QuartTrio:
     @app.errorhandler(APIError)
     async def _api_error(exc: APIError) -> Response:
         access.note(error=exc.message)
-        return json_response(error_body(request.path, exc.status, exc.message), status=exc.status,
-                             headers=dict(exc.headers))
+        return json_response(error_body(request.path, exc.status, exc.message),
+                             status=error_status(request.path, exc.status), headers=dict(exc.headers))
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
@@ -160,7 +160,7 @@ def create_app(services: Services) -> QuartTrio:
                          "set TRILLAMA_MAX_BODY_SIZE to change it)",
                    408: "timed out reading the request body"}.get(code, exc.description or exc.name)
         access.note(error=message)
-        return json_response(error_body(request.path, code, message), status=code)
+        return json_response(error_body(request.path, code, message), status=error_status(request.path, code))
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
@@ -177,7 +177,7 @@ def create_app(services: Services) -> QuartTrio:
         log.error("unhandled_error", path=request.path, error=repr(exc), exc_info=exc)
         message = f"internal server error (request id {request_id}; the server log has the details)"
         access.note(error=repr(exc))
-        return json_response(error_body(request.path, 500, message), status=500)
+        return json_response(error_body(request.path, 500, message), status=error_status(request.path, 500))
 
     @app.route("/", methods=["GET", "HEAD"])
     async def root() -> Response:
