@@ -1,7 +1,9 @@
 """The Quart application: routing, error shapes, CORS and request logging.
 
-Handlers live in blueprints by audience: ``manage`` (the model store), ``registry`` (pull, push),
-``inference`` (generate, chat, embed, ps) and ``openai`` (``/v1``). This module only wires them up.
+Handlers live in blueprints by protocol: the native ones in ``api/ollama`` (``manage``: the model
+store; ``registry``: pull, push; ``inference``: generate, chat, embed, ps), ``openai`` (``/v1``) and
+``anthropic`` (``/v1/messages``), beside ``health`` and ``metrics``. This module only wires them up
+and renders every error (the one handler; shapes and statuses by path prefix, ``api/errors.py``).
 """
 
 from __future__ import annotations
