@@ -1,7 +1,9 @@
 """The Quart application: routing, error shapes, CORS and request logging.
 
-Handlers live in blueprints by audience: ``manage`` (the model store), ``registry`` (pull, push),
-``inference`` (generate, chat, embed, ps) and ``openai`` (``/v1``). This module only wires them up.
+Handlers live in blueprints by protocol: the native ones in ``api/ollama`` (``manage``: the model
+store; ``registry``: pull, push; ``inference``: generate, chat, embed, ps), ``openai`` (``/v1``) and
+``anthropic`` (``/v1/messages``), beside ``health`` and ``metrics``. This module only wires them up
+and renders every error (the one handler; shapes and statuses by path prefix, ``api/errors.py``).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trillama import __version__
-from trillama.api import access, anthropic, auth, health, inference, manage, metrics, openai, registry
+from trillama.api import access, anthropic, auth, health, metrics, openai
+from trillama.api.ollama import inference, manage, registry
 from trillama.api.metrics import Metrics
 from trillama.api.context import Services
 from trillama.api.cors import CorsPolicy
 from trillama.api.hosts import host_allowed, is_loopback_bind
-from trillama.api.errors import APIError, error_body
+from trillama.api.errors import APIError, error_body, error_status
 from trillama.api.streaming import json_response
 from trillama.logs import get_logger
 
@@ -145,8 +148,8 @@ def create_app(services: Services) -> QuartTrio:
     @app.errorhandler(APIError)
     async def _api_error(exc: APIError) -> Response:
         access.note(error=exc.message)
-        return json_response(error_body(request.path, exc.status, exc.message), status=exc.status,
-                             headers=dict(exc.headers))
+        return json_response(error_body(request.path, exc.status, exc.message),
+                             status=error_status(request.path, exc.status), headers=dict(exc.headers))
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
@@ -159,7 +162,7 @@ def create_app(services: Services) -> QuartTrio:
                          "set TRILLAMA_MAX_BODY_SIZE to change it)",
                    408: "timed out reading the request body"}.get(code, exc.description or exc.name)
         access.note(error=message)
-        return json_response(error_body(request.path, code, message), status=code)
+        return json_response(error_body(request.path, code, message), status=error_status(request.path, code))
 
     @app.errorhandler(Exception)
     async def _unexpected(exc: Exception) -> Response:
@@ -176,7 +179,7 @@ def create_app(services: Services) -> QuartTrio:
         log.error("unhandled_error", path=request.path, error=repr(exc), exc_info=exc)
         message = f"internal server error (request id {request_id}; the server log has the details)"
         access.note(error=repr(exc))
-        return json_response(error_body(request.path, 500, message), status=500)
+        return json_response(error_body(request.path, 500, message), status=error_status(request.path, 500))
 
     @app.route("/", methods=["GET", "HEAD"])
     async def root() -> Response:

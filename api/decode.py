@@ -8,6 +8,7 @@ Unknown fields are ignored, as Ollama ignores them.
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ from quart import Request
 
 from trillama.api.errors import APIError
 
-__all__ = ["converter", "read_json", "structure", "read_request"]
+__all__ = ["converter", "read_json", "structure", "read_request", "TypeVocabulary", "json_type_name"]
 
 T = TypeVar("T")
 
@@ -34,18 +35,35 @@ class _TypeMismatch(TypeError):
         self.expected = expected
 
 
+class TypeVocabulary(enum.IntEnum):
+    """Whose names :func:`json_type_name` gives a JSON value's type in: a column of the table."""
+
+    SCHEMA = 1  # JSON Schema's, as Anthropic's errors name types
+    GO_UNMARSHAL = 2  # Go's encoding/json in "cannot unmarshal X into ...": Ollama's native errors
+    GO_TYPE = 3  # Go's %T of the value decoded into interface{}: Ollama's OpenAI layer
+
+
+#: JSON's value types, tried in this order (bool before number: a Python bool is an int), each
+#: with its name in every vocabulary. A parsed JSON value always matches a row.
+_JSON_TYPES: tuple[tuple[type | tuple[type, ...], str, str, str], ...] = (
+    # Python type    SCHEMA     GO_UNMARSHAL  GO_TYPE
+    (type(None), "null", "null", "<nil>"),
+    (bool, "boolean", "bool", "bool"),
+    ((int, float), "number", "number", "float64"),
+    (str, "string", "string", "string"),
+    (list, "array", "array", "[]interface {}"),
+    (dict, "object", "object", "map[string]interface {}"),
+)
+
+
+def json_type_name(value: Any, vocabulary: TypeVocabulary = TypeVocabulary.SCHEMA) -> str:
+    """The name of ``value``'s JSON type in ``vocabulary``, for an error message about it."""
+    row = next((row for row in _JSON_TYPES if isinstance(value, row[0])), _JSON_TYPES[-1])
+    return row[vocabulary]
+
+
 def _json_kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return "null"
+    return json_type_name(value, TypeVocabulary.GO_UNMARSHAL)
 
 
 def _strict_str(value: Any, _: type) -> str:

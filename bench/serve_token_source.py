@@ -26,7 +26,7 @@ async def _spawn_token_source(argv, **kwargs):
 client.spawn = _spawn_token_source
 
 if __name__ == "__main__":
-    from trillama.cli import main
+    from trillama.cli.main import main
 
     sys.argv = ["trillama", "serve"]
     sys.exit(main())

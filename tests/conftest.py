@@ -3,6 +3,20 @@
 End-to-end tests start ``python -m trillama serve`` exactly as a user would (hypercorn, a
 temporary ``OLLAMA_MODELS``), wait for ``GET /`` and talk HTTP to it. The fixture's teardown
 sends SIGTERM and then checks that no runner process outlived the server.
+
+Two ways to get a server:
+
+* ``server`` / ``start_server``: a server of the test's own, on a private copy of the seeded store
+  (``models_dir``), with the environment it asks for. For tests that change what a server is:
+  its environment, the store's files on disk, its runners (killing them), what is loaded.
+* ``shared_server``: one server for the whole session (the seeded store plus ``smollm2-tools``),
+  for tests that only talk to it. Starting a server costs seconds, and most end-to-end tests need
+  nothing of their own. Each test finds it as a fresh one would be: nothing loaded (what a test
+  loads is unloaded after it, so no runner's cache or name carries over) and no model but the
+  ones it had before; the models the test created are deleted, and the teardown fails the test
+  if a model that was there before it is gone or changed, or if the server died. What does carry
+  over: counters in ``/metrics``, stored ``/v1/responses``, blobs. ``oai`` and ``claude`` are the
+  official SDK clients, pointed at it.
 """
 
 from __future__ import annotations
@@ -16,8 +30,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 import httpx
 import psutil
@@ -219,3 +234,129 @@ def start_server(models_dir: Path) -> Iterator:
 @pytest.fixture
 def server(start_server) -> ServerProcess:
     return start_server()
+
+
+# ---------------------------------------------------------------------------------- shared server
+#: A ChatML template written for the tests: tools are listed in the system turn, calls are shown
+#: as <tool_call>{json}</tool_call>, tool results come back as a user turn. The shared server's
+#: ``smollm2-tools`` has it, as a user would make it with ``ollama create``.
+TOOLS_TEMPLATE = """\
+{{- if or .System .Tools }}<|im_start|>system
+{{ if .System }}{{ .System }}
+{{ end }}
+{{- if .Tools }}You may call functions. Available functions, one JSON object per line:
+{{ range .Tools }}{{ . }}
+{{ end }}To call a function, answer with <tool_call>{"name": "<function name>", "arguments": {<arguments>}}</tool_call>
+{{ end }}<|im_end|>
+{{ end }}
+{{- range .Messages }}
+{{- if eq .Role "assistant" }}<|im_start|>assistant
+{{ if .ToolCalls }}{{ range .ToolCalls }}<tool_call>{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}</tool_call>
+{{ end }}{{ else }}{{ .Content }}{{ end }}<|im_end|>
+{{ else if eq .Role "tool" }}<|im_start|>user
+<tool_response>{{ .Content }}</tool_response><|im_end|>
+{{ else if ne .Role "system" }}<|im_start|>{{ .Role }}
+{{ .Content }}<|im_end|>
+{{ end }}
+{{- end }}<|im_start|>assistant
+"""
+TOOLS_MODEL = "smollm2-tools:latest"
+
+
+def create_models(server: ServerProcess, models: dict[str, dict[str, Any]]) -> None:
+    """Create each model from its ``/api/create`` body (``stream`` false is added)."""
+    with server.client() as client:
+        for name, body in models.items():
+            r = client.post("/api/create", json={"model": name, **body, "stream": False})
+            assert r.status_code == 200, r.text
+
+
+def delete_models(server: ServerProcess, names: Iterable[str]) -> None:
+    """Unload, then delete each model, as ``trillama rm`` does."""
+    with server.client() as client:
+        for name in names:
+            client.post("/api/generate", json={"model": name, "keep_alive": 0})
+            r = client.request("DELETE", "/api/delete", json={"model": name})
+            assert r.status_code in (200, 404), r.text
+
+
+@contextmanager
+def models_on(server: ServerProcess, models: dict[str, dict[str, Any]]) -> Iterator[None]:
+    """Models that a module's tests share on the shared server, for as long as the block runs."""
+    create_models(server, models)
+    try:
+        yield
+    finally:
+        delete_models(server, list(models))
+
+
+def _model_digests(server: ServerProcess) -> dict[str, str]:
+    with server.client() as client:
+        return {m["name"]: m["digest"] for m in client.get("/api/tags").json()["models"]}
+
+
+def unload_all(server: ServerProcess, timeout: float = 30.0) -> list[str]:
+    """Unload every loaded model, as ``keep_alive: 0`` does; what is still loaded after ``timeout``.
+
+    A runner still finishing a request unloads when it is done, hence the wait.
+    """
+    with server.client() as client:
+        def loaded() -> list[str]:
+            return [row["name"] for row in client.get("/api/ps").json()["models"]]
+
+        for name in loaded():
+            client.post("/api/generate", json={"model": name, "keep_alive": 0})
+        deadline = time.monotonic() + timeout
+        while (left := loaded()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return left
+
+
+@pytest.fixture(scope="session")
+def session_server(seeded_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The one server behind ``shared_server`` (module fixtures add their models to it here)."""
+    root = tmp_path_factory.mktemp("shared") / "models"
+    shutil.copytree(seeded_models_dir, root, copy_function=os.link)
+    server = ServerProcess(root, env={"TRILLAMA_BUNDLED_MODEL": "0"}).start()
+    try:
+        create_models(server, {TOOLS_MODEL: {"from": "smollm2:135m", "template": TOOLS_TEMPLATE}})
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def shared_server(session_server: ServerProcess) -> Iterator[ServerProcess]:
+    """The session's server, for a test that only talks to it; left as a fresh one would be."""
+    before = _model_digests(session_server)
+    yield session_server
+    assert session_server.proc is not None and session_server.proc.poll() is None, (
+        f"the shared server died during the test:\n{session_server.log_text()}")
+    still_loaded = unload_all(session_server)
+    after = _model_digests(session_server)
+    delete_models(session_server, sorted(after.keys() - before.keys()))
+    changed = sorted(name for name, digest in before.items() if after.get(name) != digest)
+    assert not changed, (f"the test deleted or changed models it did not create on the shared server: "
+                         f"{changed}; a test that does that needs a server of its own (`server`)")
+    assert not still_loaded, (f"still loaded after the test: {still_loaded} (a model deleted while "
+                              f"loaded cannot be unloaded); a test that does that needs `server`")
+
+
+@pytest.fixture
+def oai(shared_server: ServerProcess) -> Iterator[Any]:
+    """The official ``openai`` client on the shared server's ``/v1``."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=shared_server.base_url + "/v1", api_key="x", max_retries=0, timeout=120)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def claude(shared_server: ServerProcess) -> Iterator[Any]:
+    """The official ``anthropic`` client on the shared server (``/v1/messages``)."""
+    from anthropic import Anthropic
+
+    client = Anthropic(base_url=shared_server.base_url, api_key="unused", max_retries=0, timeout=120)
+    yield client
+    client.close()

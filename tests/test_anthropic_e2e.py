@@ -1,9 +1,10 @@
 """``/v1/messages`` end to end: the official ``anthropic`` SDK against a real server and real model.
 
-One server for the module, on a fresh store that the server seeds with the bundled
-``smollm2:135m``. Its template knows no tools, so the module also creates ``smollm2-tools``: the
-same weights with a ChatML template that lists tools and shows calls as ``<tool_call>``, as a user
-would with ``ollama create``. Generations are short and greedy; nothing asserts on timing.
+The session's shared server (tests/conftest.py), with the bundled ``smollm2:135m`` and
+``smollm2-tools``: the same weights with a ChatML template that lists tools and shows calls as
+``<tool_call>``, as a user would make it with ``ollama create``; the module adds
+``smollm2-plain``, whose template shows no tools. Generations are short and greedy; nothing
+asserts on timing.
 """
 
 from __future__ import annotations
@@ -20,34 +21,12 @@ import httpx
 import pytest
 from anthropic import Anthropic
 
-from conftest import REPO, ServerProcess
+from conftest import REPO, TOOLS_MODEL, ServerProcess, models_on
 
 SMOL = "smollm2:135m"
-TOOLS_MODEL = "smollm2-tools:latest"
 #: the bundled model renders tools; this one's template does not, so it "does not support tools"
 PLAIN_MODEL = "smollm2-plain:latest"
 PLAIN_TEMPLATE = "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
-
-TOOLS_TEMPLATE = """\
-{{- if or .System .Tools }}<|im_start|>system
-{{ if .System }}{{ .System }}
-{{ end }}
-{{- if .Tools }}You may call functions. Available functions, one JSON object per line:
-{{ range .Tools }}{{ . }}
-{{ end }}To call a function, answer with <tool_call>{"name": "<function name>", "arguments": {<arguments>}}</tool_call>
-{{ end }}<|im_end|>
-{{ end }}
-{{- range .Messages }}
-{{- if eq .Role "assistant" }}<|im_start|>assistant
-{{ if .ToolCalls }}{{ range .ToolCalls }}<tool_call>{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}</tool_call>
-{{ end }}{{ else }}{{ .Content }}{{ end }}<|im_end|>
-{{ else if eq .Role "tool" }}<|im_start|>user
-<tool_response>{{ .Content }}</tool_response><|im_end|>
-{{ else if ne .Role "system" }}<|im_start|>{{ .Role }}
-{{ .Content }}<|im_end|>
-{{ end }}
-{{- end }}<|im_start|>assistant
-"""
 
 WEATHER = {"name": "get_weather", "description": "Current weather for a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
@@ -58,28 +37,15 @@ HI = [{"role": "user", "content": "Say hello."}]
 GREEDY = {"temperature": 0, "top_k": 1}
 
 
-@pytest.fixture(scope="module")
-def msg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("anthropic") / "models"
-    server = ServerProcess(root, env={"TRILLAMA_BUNDLED_MODEL": "1"}).start()
-    try:
-        with server.client() as client:
-            r = client.post("/api/create", json={"model": TOOLS_MODEL, "from": SMOL, "template": TOOLS_TEMPLATE,
-                                                 "stream": False})
-            assert r.status_code == 200, r.text
-            r = client.post("/api/create", json={"model": PLAIN_MODEL, "from": SMOL, "template": PLAIN_TEMPLATE,
-                                                 "stream": False})
-            assert r.status_code == 200, r.text
-        yield server
-    finally:
-        server.stop()
+@pytest.fixture(scope="module", autouse=True)
+def plain_model(session_server: ServerProcess) -> Iterator[None]:
+    with models_on(session_server, {PLAIN_MODEL: {"from": SMOL, "template": PLAIN_TEMPLATE}}):
+        yield
 
 
 @pytest.fixture
-def claude(msg_server: ServerProcess) -> Iterator[Anthropic]:
-    client = Anthropic(base_url=msg_server.base_url, api_key="unused", max_retries=0, timeout=120)
-    yield client
-    client.close()
+def msg_server(shared_server: ServerProcess) -> ServerProcess:
+    return shared_server
 
 
 def _post(server: ServerProcess, path: str, **kwargs) -> httpx.Response:
@@ -310,15 +276,13 @@ def test_sse_framing_bytes(msg_server: ServerProcess) -> None:
 
 
 # ----------------------------------------------------------------------------- overload
-def test_a_full_queue_is_overloaded_529(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "models", env={"OLLAMA_NUM_PARALLEL": "1", "OLLAMA_MAX_QUEUE": "1",
-                                                     "TRILLAMA_BUNDLED_MODEL": "1"}).start()
+def test_a_full_queue_is_overloaded_529(start_server) -> None:
+    server = start_server({"OLLAMA_NUM_PARALLEL": "1", "OLLAMA_MAX_QUEUE": "1"})
     client = Anthropic(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
     try:
         _hold_the_slot_and_overflow(server, client)
     finally:
         client.close()
-        server.stop()
 
 
 def _hold_the_slot_and_overflow(server: ServerProcess, client: Anthropic) -> None:

@@ -332,25 +332,50 @@ async def test_inline_pump_without_a_nursery() -> None:
     assert await pump.next(0) == ("end", None)
 
 
-async def test_error_response_turns_any_exception_into_anthropic_shape() -> None:
-    from quart_trio import QuartTrio
-    from werkzeug.exceptions import RequestEntityTooLarge
-
-    from trillama.api.anthropic import error_response
+async def test_the_apps_error_handler_answers_any_exception_on_v1_messages_in_anthropics_shape(
+        tmp_path, monkeypatch) -> None:
+    from trillama.api import anthropic
+    from trillama.api.app import create_app
+    from trillama.api.context import Services
     from trillama.api.errors import SERVER_BUSY
+    from trillama.config import Settings
+    from trillama.lifecycle import Lifecycle
+    from trillama.store import ModelStore
 
-    app = QuartTrio("test")
-    async with app.test_request_context("/v1/messages", method="POST"):
-        unexpected = error_response(KeyError("boom"))
-        busy = error_response(APIError(503, SERVER_BUSY, headers={"Retry-After": "1"}))
-        too_large = error_response(RequestEntityTooLarge())
-        assert unexpected.status_code == 500
-        assert json.loads(await unexpected.get_data()) == {
-            "type": "error", "error": {"type": "api_error", "message": "internal error: KeyError"}}
-        assert busy.status_code == 529 and busy.headers["Retry-After"] == "1"
-        assert json.loads(await busy.get_data())["error"] == {"type": "overloaded_error", "message": SERVER_BUSY}
-        assert too_large.status_code == 413
-        assert json.loads(await too_large.get_data())["error"]["type"] == "request_too_large"
+    raised: list[BaseException] = []
+
+    def plan_messages(req):
+        raise raised[0]
+
+    monkeypatch.setattr(anthropic, "plan_messages", plan_messages)
+    life = Lifecycle()
+    app = create_app(Services(settings=Settings(models_dir=tmp_path / "models", max_body_size=1024),
+                              store=ModelStore(tmp_path / "models"), lifecycle=life))
+    client = app.test_client()
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+
+    raised[:] = [KeyError("boom")]
+    unexpected = await client.post("/v1/messages", json=body)
+    assert unexpected.status_code == 500
+    error = json.loads(await unexpected.get_data())
+    assert error["type"] == "error" and error["error"]["type"] == "api_error"
+    assert unexpected.headers["X-Request-Id"] in error["error"]["message"]  # the log has the traceback
+
+    raised[:] = [APIError(503, SERVER_BUSY, headers={"Retry-After": "1"})]
+    busy = await client.post("/v1/messages", json=body)
+    assert busy.status_code == 529 and busy.headers["Retry-After"] == "1"
+    assert json.loads(await busy.get_data())["error"] == {"type": "overloaded_error", "message": SERVER_BUSY}
+
+    too_large = await client.post("/v1/messages", json={**body, "system": "x" * 2048})
+    assert too_large.status_code == 413
+    assert json.loads(await too_large.get_data())["error"]["type"] == "request_too_large"
+
+    life.begin_drain()  # refused before the route runs: the same handler, the same map
+    draining = await client.post("/v1/messages", json=body)
+    assert draining.status_code == 529 and draining.headers["Retry-After"] == "1"
+    assert json.loads(await draining.get_data())["error"]["type"] == "overloaded_error"
+    # the map is Anthropic's alone: the rest of /v1 keeps 503
+    assert (await client.post("/v1/chat/completions", json={"model": "m", "messages": []})).status_code == 503
 
 
 def test_errors_outside_the_blueprint_under_v1_messages_are_in_anthropics_shape():

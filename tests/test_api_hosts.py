@@ -22,6 +22,11 @@ def test_only_loopback_binds_are_guarded():
     assert not is_loopback_bind("0.0.0.0")
 
 
+@pytest.fixture
+def server(shared_server):
+    return shared_server
+
+
 def test_server_refuses_a_rebound_host(server):
     with server.client() as client:
         assert client.get("/", headers={"Host": "evil.example"}).status_code == 403

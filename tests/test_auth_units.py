@@ -14,7 +14,7 @@ import structlog
 from werkzeug.datastructures import Headers
 
 from trillama import keys as keys_module
-from trillama import launch
+from trillama.cli import launch
 from trillama.api.auth import ANY_KEY, OPEN, presented_keys, required_scope
 from trillama.config import ConfigError, Settings
 from trillama.keys import (ApiKey, KeyFileError, KeyLimits, KeyRing, KeySource, add_key, hash_key,
@@ -169,7 +169,7 @@ def test_add_stores_only_the_hash_keeps_comments_and_is_owner_only(tmp_path: Pat
 
 
 def test_keys_cli_prints_the_key_once_and_lists_without_it(tmp_path: Path, capsys, monkeypatch) -> None:
-    from trillama.cli import main
+    from trillama.cli.main import main
 
     path = tmp_path / "k.toml"
     monkeypatch.setenv("TRILLAMA_API_KEYS_FILE", str(path))

@@ -132,14 +132,14 @@ def test_bundled_template_renders_tools_calls_and_results() -> None:
     assert tool_call_tag(bundled.BUNDLED_TEMPLATE) == "<tool_call>"
 
 
-def test_default_model_calls_tools_on_v1_and_on_the_native_api(start_server) -> None:
+def test_default_model_calls_tools_on_v1_and_on_the_native_api(shared_server) -> None:
     """End to end on the store the server seeded itself: the bundled model calls a tool."""
     import json
 
     import httpx
     from openai import OpenAI
 
-    server = start_server()
+    server = shared_server
     oai = OpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0, timeout=300)
     forced = oai.chat.completions.create(
         model="smollm2:135m", messages=[{"role": "user", "content": "What is the weather in Oslo?"}],

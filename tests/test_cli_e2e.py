@@ -1,6 +1,6 @@
 """The ``trillama`` CLI as a user types it: a real server, the real model, the REPL in a pseudo-terminal.
 
-One server for the module. Answers are bounded with ``num_predict`` and greedy, so the whole file
+The session's shared server (tests/conftest.py). Answers are bounded with ``num_predict`` and greedy, so the whole file
 stays short. ``HOME`` is a temporary folder, so the REPL's history file is the test's own.
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import httpx
 import pexpect
 import pytest
 
-from conftest import REPO, ServerProcess
+from conftest import REPO, ServerProcess, models_on
 
 SMOL = "smollm2:135m"
 SHORT = "smol-short"
@@ -27,19 +26,16 @@ PROMPT = ">>> "
 STORY = "Write a very long story about a dragon who learns to bake bread."
 
 
-@pytest.fixture(scope="module")
-def server(seeded_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("cli") / "models"
-    shutil.copytree(seeded_models_dir, root, copy_function=os.link)
-    srv = ServerProcess(root, env={"TRILLAMA_BUNDLED_MODEL": "0"}).start()
-    try:
-        with srv.client() as http:  # one-shot answers have no options flag: bound them in the model
-            r = http.post("/api/create", json={"model": SHORT, "from": SMOL, "stream": False,
-                                               "parameters": {"num_predict": 8, "temperature": 0}})
-            assert r.status_code == 200, r.text
-        yield srv
-    finally:
-        srv.stop()
+@pytest.fixture(scope="module", autouse=True)
+def short_model(session_server: ServerProcess) -> Iterator[None]:
+    # one-shot answers have no options flag: bound them in the model
+    with models_on(session_server, {SHORT: {"from": SMOL, "parameters": {"num_predict": 8, "temperature": 0}}}):
+        yield
+
+
+@pytest.fixture
+def server(shared_server: ServerProcess) -> ServerProcess:
+    return shared_server
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,12 @@ import signal
 
 import pytest
 
-from trillama import launch
-from trillama.client_cli import CLIError
-from trillama.runcmd import RunOptions, hear_ctrl_c, parse_think
-from trillama.showinfo import format_show, human_number
-from trillama.termout import AnswerPrinter, WordWrap, render_tool_calls, summary_lines
+from trillama.cli import launch
+from trillama.cli.answer import RunOptions
+from trillama.cli.commands import CLIError
+from trillama.cli.run import hear_ctrl_c, parse_think
+from trillama.cli.showinfo import format_show, human_number
+from trillama.cli.termout import AnswerPrinter, WordWrap, render_tool_calls, summary_lines
 
 
 def screen(raw: str) -> list[str]:
@@ -195,7 +196,7 @@ class _Stub:
 
 
 def _repl(lines: list[str], monkeypatch):
-    from trillama.repl import Repl
+    from trillama.cli.repl import Repl
 
     stub = _Stub(lines)
     repl = Repl(client=None, opts=RunOptions(model="m"), read=stub.read)  # type: ignore[arg-type]
@@ -320,7 +321,7 @@ def test_create_uploads_the_files_a_modelfile_names_and_sends_the_rest_as_fields
 
     import httpx
 
-    from trillama.createcmd import create_request
+    from trillama.cli.create import create_request
 
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "model.gguf").write_bytes(b"GGUF model bytes")

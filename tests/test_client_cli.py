@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trillama.client_cli import extract_images, show_progress
+from trillama.cli.commands import extract_images, show_progress
 
 
 @pytest.fixture

@@ -43,9 +43,9 @@ def runner_rss(server) -> int:
     return sum(p.memory_info().rss for p in server.children())
 
 
-def test_huge_bodies_get_413_and_huge_prompts_a_fast_400_with_bounded_runner_memory(start_server):
+def test_huge_bodies_get_413_and_huge_prompts_a_fast_400_with_bounded_runner_memory(start_server, shared_server):
     # Default cap (64 MiB): a 200 MB body is refused from its Content-Length, before it is read.
-    server = start_server()
+    server = shared_server
     prompt = "a " * (100 * 1024 * 1024)  # 200 MiB of text
     body = json.dumps({"model": SMOL, "messages": [{"role": "user", "content": prompt}],
                        "stream": False}).encode()
@@ -84,6 +84,13 @@ def test_huge_bodies_get_413_and_huge_prompts_a_fast_400_with_bounded_runner_mem
 
 
 # --------------------------------------------------------------------- 2-6, 9: bad values, 400s
+@pytest.fixture
+def server(shared_server):
+    """The bad-value and connection tests share the session's server; the two that break the
+    store on disk start their own (``start_server``)."""
+    return shared_server
+
+
 @pytest.fixture
 def http(server):
     with server.client() as client:
@@ -232,7 +239,8 @@ def blob_file(models_dir: Path, digest: str) -> Path:
     return models_dir / "blobs" / digest.replace(":", "-")
 
 
-def test_a_missing_blob_keeps_the_model_listed_and_names_the_blob(server, models_dir):
+def test_a_missing_blob_keeps_the_model_listed_and_names_the_blob(start_server, models_dir):
+    server = start_server()
     with server.client() as http:
         r = http.post("/api/create", json={"model": "lonely", "from": SMOL, "system": "a system of its own",
                                            "stream": False})
@@ -256,8 +264,8 @@ def test_a_missing_blob_keeps_the_model_listed_and_names_the_blob(server, models
 
 
 # --------------------------------------------------------------------- 11: server-side paths
-def test_classic_create_refuses_server_paths_uniformly(start_server, tmp_path, smollm2_gguf):
-    server = start_server()
+def test_classic_create_refuses_server_paths_uniformly(start_server, shared_server, tmp_path, smollm2_gguf):
+    server = shared_server
     with server.client() as http:
         answers = set()
         for body in ({"model": "x", "modelfile": "FROM /etc/passwd\n"},
@@ -293,7 +301,8 @@ def test_classic_create_refuses_server_paths_uniformly(start_server, tmp_path, s
 
 
 # --------------------------------------------------------------------- 12: unexpected exceptions
-def test_unexpected_exceptions_answer_json_with_the_request_id_and_log_a_traceback(server, models_dir):
+def test_unexpected_exceptions_answer_json_with_the_request_id_and_log_a_traceback(start_server, models_dir):
+    server = start_server()
     with server.client() as http:
         assert http.post("/api/create", json={"model": "odd", "from": SMOL, "system": "odd one",
                                               "stream": False}).status_code == 200

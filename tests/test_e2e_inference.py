@@ -1,5 +1,5 @@
 """The native inference API as users meet it: the official ``ollama`` client and raw HTTP,
-against a real server running the real ``smollm2:135m``."""
+against a real server running the real ``smollm2:135m`` (the session's shared server)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,11 @@ WEATHER_TOOL = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
+
+
+@pytest.fixture
+def server(shared_server):
+    return shared_server
 
 
 @pytest.fixture

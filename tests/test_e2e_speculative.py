@@ -1,10 +1,15 @@
 """Speculative decoding through the real server: the per-request option, the Modelfile
-``PARAMETER``, the counters in ``/metrics``, and the same greedy output either way."""
+``PARAMETER``, the counters in ``/metrics``, and the same greedy output either way.
+
+The session's shared server: counters are compared with what they were before the test.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+
+import pytest
 
 SMOL = "smollm2:135m"
 REPEAT = ("Copy this list exactly: alpha, beta, gamma, delta, epsilon, zeta, eta, theta, iota, kappa, "
@@ -27,21 +32,28 @@ def _generate(client, model: str, **options) -> dict:
     return r.json()
 
 
+@pytest.fixture
+def server(shared_server):
+    return shared_server
+
+
 def test_drafts_on_by_default_off_by_option_same_output(server):
     with server.client() as client:
         # Warm-up: afterwards every request reuses the cached prompt, so the two compared runs
         # start from the same cache state (a fresh prefill and a reused prompt can differ in the
         # last bits of the logits, drafts or not; see tests/test_speculative.py)
         _generate(client, SMOL, draft_max=0, num_predict=1)
+        before = _drafts(client, SMOL)
         plain = _generate(client, SMOL, draft_max=0)
         after_plain = _drafts(client, SMOL)
-        assert after_plain["drafted"] == 0  # draft_max 0: nothing drafted
+        assert after_plain["drafted"] == before["drafted"]  # draft_max 0: nothing drafted
         spec = _generate(client, SMOL)
         after = _drafts(client, SMOL)
+        accepted, drafted = after["accepted"] - before["accepted"], after["drafted"] - before["drafted"]
         assert spec["response"] == plain["response"] and spec["eval_count"] == plain["eval_count"]
         assert spec["context"] == plain["context"]
-        assert after["accepted"] > 10, after  # the copy was drafted, and the drafts were confirmed
-        assert after["accepted"] <= after["drafted"]
+        assert accepted > 10, after  # the copy was drafted, and the drafts were confirmed
+        assert accepted <= drafted
         # Ollama's final response has no field for the counters: none is added
         assert not any("draft" in key for key in spec)
         streamed = client.post("/api/generate", json={"model": SMOL, "prompt": REPEAT, "stream": True,

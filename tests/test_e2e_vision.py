@@ -21,7 +21,7 @@ import ollama
 import openai
 import pytest
 
-from conftest import upload_and_create
+from conftest import delete_models, upload_and_create
 from tiny_projector import IMAGE_TOKENS, png_bytes, write_tiny_projector
 
 MODEL = "smolvision:135m"
@@ -32,12 +32,24 @@ QUESTION = "Describe the picture."
 
 
 @pytest.fixture
-def vision_server(server, smollm2_gguf, tmp_path):
-    """The test server, holding ``smolvision:135m``: SmolLM2's weights plus a vision projector."""
-    projector = write_tiny_projector(tmp_path / "mmproj-smolvision.gguf", text_embd=576)
-    with httpx.Client(base_url=server.base_url, timeout=120) as http:
+def server(shared_server):
+    return shared_server
+
+
+@pytest.fixture(scope="module")
+def vision_model(session_server, smollm2_gguf, tmp_path_factory):
+    """``smolvision:135m`` on the shared server: SmolLM2's weights plus a vision projector."""
+    projector = write_tiny_projector(tmp_path_factory.mktemp("vision") / "mmproj-smolvision.gguf", text_embd=576)
+    with httpx.Client(base_url=session_server.base_url, timeout=120) as http:
         upload_and_create(http, MODEL, smollm2_gguf, projector)
-    return server
+    yield MODEL
+    delete_models(session_server, [MODEL])
+
+
+@pytest.fixture
+def vision_server(vision_model, shared_server):
+    """The shared server, holding ``smolvision:135m`` (not loaded: each test starts a fresh runner)."""
+    return shared_server
 
 
 @pytest.fixture

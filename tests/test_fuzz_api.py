@@ -21,6 +21,7 @@ import os
 
 import httpx
 import psutil
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -203,6 +204,11 @@ def _check(case: tuple, response: httpx.Response) -> None:
     if response.status_code == 404 and case[0] != "GET":
         # a missing model is JSON; only unknown paths (none here) are gin's plain text
         assert response.headers.get("content-type", "").startswith("application/json"), (case, response.text)
+
+
+@pytest.fixture
+def server(shared_server):
+    return shared_server
 
 
 def test_fuzzed_requests_never_get_a_5xx(server):

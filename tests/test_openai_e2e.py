@@ -1,54 +1,26 @@
 """The ``/v1`` layer end to end: the official ``openai`` client against a real server and real models.
 
-One server for the whole module (starting one per test would dominate the run time). The module
-also creates ``smollm2-tools``: the same weights with a ChatML template of its own that shows tools
-and ``<tool_call>`` calls, which is what a user would do with ``ollama create``. Generations are short and greedy.
-Nothing here asserts on timing.
+The session's shared server (tests/conftest.py: starting one per test would dominate the run
+time), which holds ``smollm2-tools``: the same weights with a ChatML template of its own that shows
+tools and ``<tool_call>`` calls, which is what a user would do with ``ollama create``. Generations
+are short and greedy. Nothing here asserts on timing.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 import uuid
-from pathlib import Path
-from typing import Iterator
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
 
-from conftest import ServerProcess
+from conftest import TOOLS_MODEL, ServerProcess
 
 SMOL = "smollm2:135m"
-TOOLS_MODEL = "smollm2-tools:latest"
-
-# A ChatML template written for these tests: tools are listed in the system turn, calls are shown
-# as <tool_call>{json}</tool_call>, tool results come back as a user turn.
-TOOLS_TEMPLATE = """\
-{{- if or .System .Tools }}<|im_start|>system
-{{ if .System }}{{ .System }}
-{{ end }}
-{{- if .Tools }}You may call functions. Available functions, one JSON object per line:
-{{ range .Tools }}{{ . }}
-{{ end }}To call a function, answer with <tool_call>{"name": "<function name>", "arguments": {<arguments>}}</tool_call>
-{{ end }}<|im_end|>
-{{ end }}
-{{- range .Messages }}
-{{- if eq .Role "assistant" }}<|im_start|>assistant
-{{ if .ToolCalls }}{{ range .ToolCalls }}<tool_call>{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}</tool_call>
-{{ end }}{{ else }}{{ .Content }}{{ end }}<|im_end|>
-{{ else if eq .Role "tool" }}<|im_start|>user
-<tool_response>{{ .Content }}</tool_response><|im_end|>
-{{ else if ne .Role "system" }}<|im_start|>{{ .Role }}
-{{ .Content }}<|im_end|>
-{{ end }}
-{{- end }}<|im_start|>assistant
-"""
 
 WEATHER = {
     "type": "function",
@@ -64,26 +36,9 @@ CLOCK = {"type": "function", "function": {"name": "get_time", "description": "Th
 HI = [{"role": "user", "content": "Say hello."}]
 
 
-@pytest.fixture(scope="module")
-def v1_server(seeded_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("openai") / "models"
-    shutil.copytree(seeded_models_dir, root, copy_function=os.link)
-    server = ServerProcess(root, env={"TRILLAMA_BUNDLED_MODEL": "0"}).start()
-    try:
-        with server.client() as client:
-            r = client.post("/api/create", json={"model": TOOLS_MODEL, "from": SMOL, "template": TOOLS_TEMPLATE,
-                                                 "stream": False})
-            assert r.status_code == 200, r.text
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def oai(v1_server: ServerProcess) -> Iterator[OpenAI]:
-    client = OpenAI(base_url=v1_server.base_url + "/v1", api_key="x", max_retries=0, timeout=120)
-    yield client
-    client.close()
+def v1_server(shared_server: ServerProcess) -> ServerProcess:
+    return shared_server
 
 
 # ----------------------------------------------------------------------------- chat

@@ -1,6 +1,6 @@
 """``/v1/responses`` end to end: the official ``openai`` SDK against a real server and real models.
 
-As in test_openai_e2e, one server for the module, the bundled ``smollm2:135m`` for text and
+As in test_openai_e2e, the session's shared server, the bundled ``smollm2:135m`` for text and
 ``smollm2-tools`` (the same weights with a ChatML template that shows tools) for function calls.
 Generations are short and greedy; nothing here asserts on timing — the prefix reuse of a continued
 response is shown by the ``cached_tokens`` the server reports.
@@ -11,22 +11,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import uuid
-from pathlib import Path
-from typing import Iterator
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
 
-from conftest import REPO, ServerProcess
-from test_openai_e2e import TOOLS_TEMPLATE
+from conftest import REPO, TOOLS_MODEL, ServerProcess
 
 SMOL = "smollm2:135m"
-TOOLS_MODEL = "smollm2-tools:latest"
 WEATHER = {"type": "function", "name": "get_weather", "description": "Current weather for a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
                           "required": ["city"]}}
@@ -34,26 +29,9 @@ CLOCK = {"type": "function", "name": "get_time", "description": "The current tim
          "parameters": {"type": "object", "properties": {}}}
 
 
-@pytest.fixture(scope="module")
-def resp_server(seeded_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = tmp_path_factory.mktemp("responses") / "models"
-    shutil.copytree(seeded_models_dir, root, copy_function=os.link)
-    server = ServerProcess(root, env={"TRILLAMA_BUNDLED_MODEL": "0"}).start()
-    try:
-        with server.client() as client:
-            r = client.post("/api/create", json={"model": TOOLS_MODEL, "from": SMOL, "template": TOOLS_TEMPLATE,
-                                                 "stream": False})
-            assert r.status_code == 200, r.text
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def oai(resp_server: ServerProcess) -> Iterator[OpenAI]:
-    client = OpenAI(base_url=resp_server.base_url + "/v1", api_key="x", max_retries=0, timeout=120)
-    yield client
-    client.close()
+def resp_server(shared_server: ServerProcess) -> ServerProcess:
+    return shared_server
 
 
 # ----------------------------------------------------------------------------- create

@@ -95,7 +95,7 @@ def _read_chunked_ndjson(raw: bytes) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_slow_reader_gets_every_byte_in_order(server):
+def test_a_slow_reader_gets_every_byte_in_order(shared_server):
     body = {"model": SMOL, "prompt": "Write a long story about a lighthouse keeper.", "stream": True,
             "logprobs": True, "top_logprobs": 5,
             "options": {"num_predict": 300, "temperature": 0, "seed": 1}}
@@ -104,7 +104,7 @@ def test_a_slow_reader_gets_every_byte_in_order(server):
                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # a window the server soon fills
-    sock.connect(("127.0.0.1", server.port))
+    sock.connect(("127.0.0.1", shared_server.port))
     sock.settimeout(120)
     sock.sendall(request)
     time.sleep(3)  # the whole answer is generated while nothing is read

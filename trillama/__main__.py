@@ -1,3 +1,3 @@
-from trillama.cli import main
+from trillama.cli.main import main
 
 raise SystemExit(main())

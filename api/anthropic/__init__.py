@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, current_app, request
 
-from trillama.api.anthropic.errors import error_body, to_api_error, wire_status
+from trillama.api.anthropic.errors import STATUSES, error_body
 from trillama.api.anthropic.reply import collect_message
 from trillama.api.anthropic.plan import CountTokensRequest, MessagesRequest, plan_count, plan_messages
 from trillama.api.anthropic.run import count_prompt_tokens, message_events
@@ -32,31 +32,15 @@ from trillama.api.errors import register_error_shape
 from trillama.api.streaming import json_response
 from trillama.logs import get_logger
 
-__all__ = ["blueprint", "error_response"]
+__all__ = ["blueprint"]
 
 log = get_logger("trillama.api.anthropic")
 
 blueprint = Blueprint("anthropic", __name__)
 
-# Errors answered outside this blueprint's handler (an unknown path under /v1/messages, a request
-# refused before it was routed) still get Anthropic's shape rather than OpenAI's /v1 one.
-register_error_shape("/v1/messages", error_body)
-
-
-def error_response(exc: BaseException) -> Response:
-    """Any exception as Anthropic's error object with the status its SDK maps to the right class."""
-    from werkzeug.exceptions import HTTPException
-
-    error = to_api_error(exc)
-    if error is not exc and not isinstance(exc, HTTPException):
-        log.error("anthropic_unexpected_error", error=repr(exc), path=request.path, exc_info=exc)
-    return json_response(error_body(error.status, error.message), status=wire_status(error.status),
-                         headers=dict(error.headers))
-
-
-@blueprint.errorhandler(Exception)
-async def _any_error(exc: Exception) -> Response:
-    return error_response(exc)
+# Every error under /v1/messages, whether raised in these routes, refused before routing or
+# unexpected, is rendered by the app's one handler in Anthropic's shape, with 503 answered as 529.
+register_error_shape("/v1/messages", error_body, statuses=STATUSES)
 
 
 @blueprint.post("/v1/messages")

@@ -17,9 +17,11 @@ from typing import Any
 
 from trillama.api.errors import APIError
 
-__all__ = ["OVERLOADED", "error_type", "error_body", "wire_status", "to_api_error"]
+__all__ = ["OVERLOADED", "STATUSES", "error_type", "error_body", "wire_status", "to_api_error"]
 
 OVERLOADED = 529
+#: Our statuses that Anthropic's clients expect as others (the app's error handler applies it).
+STATUSES = {503: OVERLOADED}
 
 _TYPES = {
     400: "invalid_request_error",
@@ -34,7 +36,7 @@ _TYPES = {
 
 def wire_status(status: int) -> int:
     """The status Anthropic's clients expect for one of ours (only 503 changes, to 529)."""
-    return OVERLOADED if status == 503 else status
+    return STATUSES.get(status, status)
 
 
 def error_type(status: int) -> str:

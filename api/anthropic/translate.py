@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 import attrs
 
+from trillama.api.decode import json_type_name
 from trillama.api.errors import APIError
 from trillama.logs import get_logger
 
@@ -42,17 +43,7 @@ _EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "max", "m
 
 
 def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
+    return json_type_name(value)  # JSON Schema's names, as Anthropic's errors use them
 
 
 def _bad(path: str, message: str) -> APIError:

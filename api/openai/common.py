@@ -16,6 +16,7 @@ from quart import Blueprint, Response
 from trillama.actors.runner.messages import Done
 from trillama.actors.structured import FormatError, grammar_for_format
 from trillama.api.completion import coerce_request_options
+from trillama.api.decode import TypeVocabulary, json_type_name
 from trillama.api.errors import APIError, openai_error_body
 from trillama.api.streaming import json_response, sse_response
 
@@ -120,17 +121,8 @@ def stop_list(stop: Any) -> list[str] | None:
 
 
 def json_type(value: Any) -> str:
-    if value is None:
-        return "<nil>"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "float64"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "[]interface {}"
-    return "map[string]interface {}"
+    """A JSON value's type as Ollama's OpenAI layer names it (Go's ``%T``): ``float64``, ``[]interface {}``."""
+    return json_type_name(value, TypeVocabulary.GO_TYPE)
 
 
 def include_usage(stream_options: Mapping[str, Any] | None) -> bool:

@@ -13,7 +13,7 @@ from quart import Response, request
 from trillama.api.completion import Timer, coerce_request_options, parse_keep_alive_field, resolve_model
 from trillama.api.decode import read_request
 from trillama.api.errors import APIError
-from trillama.api.inference import embed_inputs
+from trillama.api.ollama.inference import embed_inputs
 from trillama.api.openai.common import blueprint
 from trillama.api.streaming import json_response
 

@@ -19,11 +19,11 @@ from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import FileHistory, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 
-from trillama.client_cli import CLIError, _check, cmd_list, with_images
+from trillama.cli.answer import RunOptions, answer, load
+from trillama.cli.commands import CLIError, _check, cmd_list, with_images
+from trillama.cli.showinfo import format_show
+from trillama.cli.termout import summary_lines
 from trillama.gofmt import go_v
-from trillama.runcmd import RunOptions, answer, load
-from trillama.showinfo import format_show
-from trillama.termout import summary_lines
 
 __all__ = ["Repl", "HELP", "HELP_SET", "HELP_SHOW", "HELP_SHORTCUTS", "HELP_PARAMETERS"]
 

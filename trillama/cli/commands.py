@@ -1,5 +1,5 @@
-"""Ollama-style client commands: ``list``, ``ps``, ``show``, ``run``, ``create``, ``pull``, ``push``,
-``cp``, ``rm``, ``stop``.
+"""Ollama-style client commands: ``list``, ``ps``, ``show``, ``pull``, ``push``, ``cp``, ``rm``,
+``stop``, and the HTTP client that every command (``run`` and ``create`` too) talks through.
 
 They speak the HTTP API to ``OLLAMA_HOST`` (as the ``ollama`` CLI does), so they are thin: parse
 arguments, make a request, print the answer the way ``ollama`` prints it.
@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import httpx
 
-__all__ = ["register", "base_url", "auth_headers"]
+__all__ = ["base_url", "auth_headers", "CLIError", "show_progress", "with_images"]
 
 
 def base_url() -> str:
@@ -146,7 +146,7 @@ SHOW_FLAGS = ("license", "modelfile", "parameters", "system", "template")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from trillama.showinfo import format_show
+    from trillama.cli.showinfo import format_show
 
     chosen = [flag for flag in SHOW_FLAGS if getattr(args, flag)]
     if len(chosen) > 1:
@@ -183,27 +183,6 @@ def cmd_stop(args: argparse.Namespace) -> int:
         if response.status_code == 404:
             raise CLIError(f'couldn\'t find model "{args.model}" to stop')
         _check(response)
-    return 0
-
-
-def cmd_create(args: argparse.Namespace) -> int:
-    """Upload the files the Modelfile names, send the rest as a structured create, print progress."""
-    from trillama.createcmd import create_request
-
-    path = Path(args.file or "Modelfile")
-    if args.file and not path.exists():
-        raise CLIError(f"open {args.file}: no such file or directory")
-    text = path.read_text() if path.exists() else "FROM .\n"
-    with _client() as client:
-        body = create_request(client, args.model, text, path.resolve().parent, say=lambda s: print(s, flush=True))
-        if args.quantize:
-            body["quantize"] = args.quantize
-        last = None
-        for item in _stream(client, "POST", "/api/create", body):
-            status = item.get("status", "")
-            if status and status != last:
-                print(status, flush=True)
-            last = status
     return 0
 
 
@@ -295,76 +274,3 @@ def cmd_push(args: argparse.Namespace) -> int:
         raise
     print(f"\nYou can find your model at:\n\n\t{ModelName.parse_lenient(args.model).full}")
     return 0
-
-
-def _wrap(func):
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except CLIError as exc:
-            print(f"Error: {exc}", file=sys.stderr)
-            return 1
-        except httpx.ConnectError:
-            print("Error: could not connect to ollama server, run 'trillama serve' to start it", file=sys.stderr)
-            return 1
-    return run
-
-
-def register(sub: Any) -> None:
-    p = sub.add_parser("list", aliases=["ls"], help="List models")
-    p.add_argument("prefix", nargs="?")
-    p.set_defaults(func=_wrap(cmd_list))
-    p = sub.add_parser("ps", help="List running models")
-    p.add_argument("prefix", nargs="?")
-    p.set_defaults(func=_wrap(cmd_ps))
-    p = sub.add_parser("show", help="Show information for a model")
-    p.add_argument("model")
-    p.add_argument("--license", action="store_true", help="Show license of a model")
-    p.add_argument("--modelfile", action="store_true", help="Show Modelfile of a model")
-    p.add_argument("--parameters", action="store_true", help="Show parameters of a model")
-    p.add_argument("--system", action="store_true", help="Show system message of a model")
-    p.add_argument("--template", action="store_true", help="Show template of a model")
-    p.add_argument("-v", "--verbose", action="store_true", help="Show detailed model information")
-    p.set_defaults(func=_wrap(cmd_show))
-    p = sub.add_parser("run", help="Run a model")
-    p.add_argument("model")
-    p.add_argument("prompt", nargs="*")
-    p.add_argument("--keepalive", help="Duration to keep a model loaded (e.g. 5m)")
-    p.add_argument("--format", help='Response format (e.g. json)')
-    p.add_argument("--think", nargs="?", const="true", default=None,
-                   help="Enable thinking mode: true/false or high/medium/low/max for supported models")
-    p.add_argument("--hidethinking", action="store_true", help="Hide thinking output (if provided)")
-    p.add_argument("--nowordwrap", action="store_true",
-                   help="Don't wrap words to the next line automatically")
-    p.add_argument("--verbose", action="store_true", help="Show timings for response")
-    p.add_argument("--insecure", action="store_true", help="Use an insecure registry")
-    p.set_defaults(func=_wrap(_run))
-    p = sub.add_parser("create", help="Create a model")
-    p.add_argument("model")
-    p.add_argument("-f", "--file", help='Name of the Modelfile (default "Modelfile")')
-    p.add_argument("-q", "--quantize", help="Quantize model to this level (e.g. q4_K_M)")
-    p.set_defaults(func=_wrap(cmd_create))
-    p = sub.add_parser("cp", help="Copy a model")
-    p.add_argument("source")
-    p.add_argument("destination")
-    p.set_defaults(func=_wrap(cmd_cp))
-    p = sub.add_parser("rm", help="Remove a model")
-    p.add_argument("models", nargs="+")
-    p.set_defaults(func=_wrap(cmd_rm))
-    p = sub.add_parser("stop", help="Stop a running model")
-    p.add_argument("model")
-    p.set_defaults(func=_wrap(cmd_stop))
-    p = sub.add_parser("pull", help="Pull a model from a registry")
-    p.add_argument("model")
-    p.add_argument("--insecure", action="store_true", help="Use an insecure registry")
-    p.set_defaults(func=_wrap(cmd_pull))
-    p = sub.add_parser("push", help="Push a model to a registry")
-    p.add_argument("model")
-    p.add_argument("--insecure", action="store_true", help="Use an insecure registry")
-    p.set_defaults(func=_wrap(cmd_push))
-
-
-def _run(args: argparse.Namespace) -> int:
-    from trillama.runcmd import cmd_run
-
-    return cmd_run(args)

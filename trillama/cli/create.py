@@ -11,13 +11,16 @@ the structured request's fields (template, system, license, parameters, messages
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-__all__ = ["create_request", "local_files"]
+from trillama.cli.commands import CLIError, _check, _client, _stream
+
+__all__ = ["cmd_create", "create_request", "local_files"]
 
 
 def _sha256(path: Path) -> str:
@@ -52,8 +55,6 @@ def _upload(client: httpx.Client, path: Path, say) -> str:
         with path.open("rb") as f:
             response = client.post(f"/api/blobs/{digest}", content=f)
         if response.status_code >= 400:
-            from trillama.client_cli import _check
-
             _check(response)
     say(f"copying file {digest} 100%")
     return digest
@@ -61,7 +62,6 @@ def _upload(client: httpx.Client, path: Path, say) -> str:
 
 def create_request(client: httpx.Client, model: str, text: str, base_dir: Path, say=print) -> dict[str, Any]:
     """The ``/api/create`` body for Modelfile ``text``, with its local files uploaded first."""
-    from trillama.client_cli import CLIError
     from trillama.store.errors import InvalidRequest
     from trillama.store.modelfile import parse_modelfile
 
@@ -105,3 +105,22 @@ def create_request(client: httpx.Client, model: str, text: str, base_dir: Path, 
     if modelfile.requires:
         body["requires"] = modelfile.requires
     return body
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    """Upload the files the Modelfile names, send the rest as a structured create, print progress."""
+    path = Path(args.file or "Modelfile")
+    if args.file and not path.exists():
+        raise CLIError(f"open {args.file}: no such file or directory")
+    text = path.read_text() if path.exists() else "FROM .\n"
+    with _client() as client:
+        body = create_request(client, args.model, text, path.resolve().parent, say=lambda s: print(s, flush=True))
+        if args.quantize:
+            body["quantize"] = args.quantize
+        last = None
+        for item in _stream(client, "POST", "/api/create", body):
+            status = item.get("status", "")
+            if status and status != last:
+                print(status, flush=True)
+            last = status
+    return 0

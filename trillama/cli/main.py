@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from trillama import __version__, client_cli
+import httpx
+
+from trillama import __version__
+from trillama.cli.commands import (CLIError, auth_headers, base_url, cmd_cp, cmd_list, cmd_ps, cmd_pull, cmd_push, cmd_rm,
+                                   cmd_show, cmd_stop)
+from trillama.cli.create import cmd_create
 from trillama.config import ConfigError, Settings
 
 __all__ = ["main", "ENV_DOCS"]
@@ -62,11 +68,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def print_version() -> int:
     """``ollama -v``: the server's version, a warning when the client's differs or none answers."""
-    import httpx
-
     server = ""
     try:
-        with httpx.Client(base_url=client_cli.base_url(), timeout=10, headers=client_cli.auth_headers()) as client:
+        with httpx.Client(base_url=base_url(), timeout=10, headers=auth_headers()) as client:
             server = client.get("/api/version").json().get("version", "")
     except (httpx.HTTPError, ValueError):
         print("Warning: could not connect to a running Ollama instance")
@@ -81,6 +85,80 @@ def _env_epilog() -> str:
     return "Environment Variables:\n" + "".join(f"      {name:<27}   {text}\n" for name, text in ENV_DOCS)
 
 
+def _wrap(func):
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except CLIError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
+        except httpx.ConnectError:
+            print("Error: could not connect to ollama server, run 'trillama serve' to start it", file=sys.stderr)
+            return 1
+    return run
+
+
+def register_client_commands(sub: Any) -> None:
+    """The client commands' arguments, in the order ``--help`` lists them."""
+    p = sub.add_parser("list", aliases=["ls"], help="List models")
+    p.add_argument("prefix", nargs="?")
+    p.set_defaults(func=_wrap(cmd_list))
+    p = sub.add_parser("ps", help="List running models")
+    p.add_argument("prefix", nargs="?")
+    p.set_defaults(func=_wrap(cmd_ps))
+    p = sub.add_parser("show", help="Show information for a model")
+    p.add_argument("model")
+    p.add_argument("--license", action="store_true", help="Show license of a model")
+    p.add_argument("--modelfile", action="store_true", help="Show Modelfile of a model")
+    p.add_argument("--parameters", action="store_true", help="Show parameters of a model")
+    p.add_argument("--system", action="store_true", help="Show system message of a model")
+    p.add_argument("--template", action="store_true", help="Show template of a model")
+    p.add_argument("-v", "--verbose", action="store_true", help="Show detailed model information")
+    p.set_defaults(func=_wrap(cmd_show))
+    p = sub.add_parser("run", help="Run a model")
+    p.add_argument("model")
+    p.add_argument("prompt", nargs="*")
+    p.add_argument("--keepalive", help="Duration to keep a model loaded (e.g. 5m)")
+    p.add_argument("--format", help='Response format (e.g. json)')
+    p.add_argument("--think", nargs="?", const="true", default=None,
+                   help="Enable thinking mode: true/false or high/medium/low/max for supported models")
+    p.add_argument("--hidethinking", action="store_true", help="Hide thinking output (if provided)")
+    p.add_argument("--nowordwrap", action="store_true",
+                   help="Don't wrap words to the next line automatically")
+    p.add_argument("--verbose", action="store_true", help="Show timings for response")
+    p.add_argument("--insecure", action="store_true", help="Use an insecure registry")
+    p.set_defaults(func=_wrap(_run))
+    p = sub.add_parser("create", help="Create a model")
+    p.add_argument("model")
+    p.add_argument("-f", "--file", help='Name of the Modelfile (default "Modelfile")')
+    p.add_argument("-q", "--quantize", help="Quantize model to this level (e.g. q4_K_M)")
+    p.set_defaults(func=_wrap(cmd_create))
+    p = sub.add_parser("cp", help="Copy a model")
+    p.add_argument("source")
+    p.add_argument("destination")
+    p.set_defaults(func=_wrap(cmd_cp))
+    p = sub.add_parser("rm", help="Remove a model")
+    p.add_argument("models", nargs="+")
+    p.set_defaults(func=_wrap(cmd_rm))
+    p = sub.add_parser("stop", help="Stop a running model")
+    p.add_argument("model")
+    p.set_defaults(func=_wrap(cmd_stop))
+    p = sub.add_parser("pull", help="Pull a model from a registry")
+    p.add_argument("model")
+    p.add_argument("--insecure", action="store_true", help="Use an insecure registry")
+    p.set_defaults(func=_wrap(cmd_pull))
+    p = sub.add_parser("push", help="Push a model to a registry")
+    p.add_argument("model")
+    p.add_argument("--insecure", action="store_true", help="Use an insecure registry")
+    p.set_defaults(func=_wrap(cmd_push))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from trillama.cli.run import cmd_run
+
+    return cmd_run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trillama", description="An Ollama-compatible model server.")
     parser.add_argument("-v", "--version", action="store_true", help="Show version information")
@@ -88,11 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", aliases=["start"], help="Start the server", description="Start the server",
                            epilog=_env_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.set_defaults(func=_serve)
-    client_cli.register(sub)
-    from trillama import keyscmd, launch
+    register_client_commands(sub)
+    from trillama.cli import keys, launch
 
     launch.register(sub)
-    keyscmd.register(sub)
+    keys.register(sub)
     return parser
 
 

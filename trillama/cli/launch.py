@@ -157,7 +157,7 @@ def _default_model(base: str) -> str:
     import httpx
 
     from trillama.bundled import BUNDLED_NAME
-    from trillama.client_cli import auth_headers
+    from trillama.cli.commands import auth_headers
 
     try:
         models = httpx.get(base + "/api/tags", timeout=10, headers=auth_headers()).json().get("models") or []
@@ -167,7 +167,7 @@ def _default_model(base: str) -> str:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from trillama.client_cli import base_url
+    from trillama.cli.commands import base_url
 
     integration = INTEGRATIONS[args.integration]
     base = base_url()
