@@ -123,6 +123,13 @@ class ToolCallParser:
         return self._count
 
     @property
+    def in_call(self) -> bool:
+        """Whether the output so far ends inside a tool call: after the tag, before a whole call."""
+        if self._state is not _State.CALLING or not self._buf.strip():
+            return False
+        return self._count == 0 or self.tag in self._buf
+
+    @property
     def holding(self) -> bool:
         """Whether text is being held back (a partial tag or an unfinished call)."""
         return bool(self._buf)
