@@ -16,7 +16,7 @@ from quart_trio.wrappers.request import TrioRequest
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from trillama import __version__
+from trillama import OLLAMA_API_VERSION, __version__
 from trillama.api import access, anthropic, health, inference, manage, metrics, openai, registry
 from trillama.api.metrics import Metrics
 from trillama.api.context import Services
@@ -184,7 +184,8 @@ def create_app(services: Services) -> QuartTrio:
 
     @app.route("/api/version", methods=["GET", "HEAD"])
     async def version() -> Response:
-        return json_response({"version": __version__})
+        # The Ollama API level clients gate features on, and trillama's own version beside it.
+        return json_response({"version": OLLAMA_API_VERSION, "trillama_version": __version__})
 
     app.register_blueprint(manage.blueprint)
     app.register_blueprint(registry.blueprint)
