@@ -79,7 +79,8 @@ async def count_prompt_tokens(plan: Plan, timer: Timer) -> int:
     them), also when that is more than the context holds, as Anthropic's count does."""
     async with model_lease(plan.record, plan.options, plan.keep_alive, timer) as lease:
         prompt, _ = await _render(plan, lease)
-        return await count_text_tokens(lease, prompt.text) + IMAGE_TOKENS * len(prompt.images)
+        tokens, _ = await count_text_tokens(lease, prompt.text)
+        return tokens + IMAGE_TOKENS * len(prompt.images)
 
 
 def matched_stop(generated: str, emitted: str, stops: tuple[str, ...]) -> str | None:
@@ -137,9 +138,10 @@ async def message_events(plan: Plan, timer: Timer) -> AsyncIterator[Delta | Fini
                         if (item := delta(message)) is not None:
                             yield item
                 else:
-                    cut_call = event.done_reason == "length" and parser.tools is not None and parser.tools.in_call
+                    cut_call = (parser.tools is not None and parser.tools.in_call
+                                and (event.done_reason == "length" or plan.choice.forced))
                     for message in parser.flush():
-                        if cut_call:  # a call cut off by the limit: no template markup as text
+                        if cut_call:  # an unfinished call (cut by the limit): no template markup as text
                             message = {**message, "content": ""}
                         if (item := delta(message)) is not None:
                             yield item

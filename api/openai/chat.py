@@ -102,6 +102,8 @@ class ChatPlan:
     shift: bool = True
     #: ``parallel_tool_calls: false``: the answer's first tool call only
     single_call: bool = False
+    #: the answer must be a tool call (``tool_choice`` required or named)
+    forced_call: bool = False
 
 
 async def chat_events(plan: ChatPlan, timer: Timer) -> AsyncIterator[Delta | Done]:
@@ -143,9 +145,10 @@ async def chat_events(plan: ChatPlan, timer: Timer) -> AsyncIterator[Delta | Don
                     for message in parser.feed(event.text):
                         yield delta(message)
                 else:
-                    cut_call = event.done_reason == "length" and parser.tools is not None and parser.tools.in_call
+                    cut_call = (parser.tools is not None and parser.tools.in_call
+                                and (event.done_reason == "length" or plan.forced_call))
                     for message in parser.flush():
-                        if cut_call:  # a call cut off by the token limit: no template markup as text
+                        if cut_call:  # an unfinished call (cut by the limit): no template markup as text
                             message = {**message, "content": ""}
                         yield delta(message)
                     if held:
@@ -274,7 +277,8 @@ def plan_chat(req: ChatCompletionRequest, *, truncate: bool = True, shift: bool 
     })
     return ChatPlan(record=record, messages=messages, tools=tools, think=think, options=options,
                      keep_alive=keep_alive, grammar=grammar, logprobs=bool(req.logprobs) or top_logprobs > 0,
-                     top_logprobs=top_logprobs, truncate=truncate, shift=shift, single_call=single_call)
+                     top_logprobs=top_logprobs, truncate=truncate, shift=shift, single_call=single_call,
+                     forced_call=choice.forced)
 
 
 @blueprint.post("/v1/chat/completions")
