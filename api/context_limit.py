@@ -12,11 +12,13 @@ clients act on:
   it by compacting the conversation);
 * ``/v1/*``: OpenAI's ``code: "context_length_exceeded"``.
 
-Counting is exact and stays cheap in memory whatever the text's length: a text is tokenized in
-pieces of at most :data:`PIECE_CHARS` characters cut after a newline (the runner's tokenizer needs
-memory in proportion to what it is given at once). Tokens never span a line break that starts a
-new line of text, so the sum is the count of the whole; a single line longer than a piece may be
-off by a token at each cut.
+Counting stays cheap in memory whatever the text's length: a text is tokenized in pieces of at most
+:data:`PIECE_CHARS` characters cut after a newline (the runner's tokenizer needs memory in
+proportion to what it is given at once). Tokens never span a line break that starts a new line of
+text, so the sum is the count of the whole; a single line longer than a piece may be off by a token
+at each cut. It is exact up to :data:`EXACT_CHARS` characters (half a million tokens or so, many
+times any context); past that the first :data:`EXACT_CHARS` are counted and the rest estimated in
+proportion, so a 200 MB prompt costs seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ import attrs
 
 from trillama.api.errors import APIError
 
-__all__ = ["context_full", "ContextExceeded", "PIECE_CHARS", "count_text_tokens", "context_exceeded", "trained_context",
+__all__ = ["context_full", "ContextExceeded", "PIECE_CHARS", "EXACT_CHARS", "count_text_tokens", "context_exceeded", "trained_context",
            "native_message", "how_to_raise"]
 
 #: The most characters given to the tokenizer at once when counting a long text.
 PIECE_CHARS = 1 << 17
+#: Texts up to this many characters are counted exactly; longer ones are estimated from it.
+EXACT_CHARS = 1 << 21
 
 
 def trained_context(record: Any) -> int:
@@ -49,10 +53,12 @@ def how_to_raise(limit: int, trained: int) -> str:
     return f"raise the context{upto} with {settings}"
 
 
-def native_message(tokens: int, limit: int, trained: int) -> str:
-    """Ollama-style words with both numbers and every setting that raises the context."""
-    return (f"the prompt is {tokens} tokens, longer than the context length of {limit} tokens the model "
-            f"has; shorten the prompt or {how_to_raise(limit, trained)}")
+def native_message(tokens: int, limit: int, trained: int, exact: bool = True) -> str:
+    """Ollama's words (its message starts the same way), then both numbers and every setting that
+    raises the context."""
+    about = "" if exact else "about "
+    return (f"the prompt is longer than the context length: {about}{tokens} tokens, and the model's context "
+            f"is {limit} tokens; shorten the prompt or {how_to_raise(limit, trained)}")
 
 
 @attrs.define(eq=False)
@@ -62,6 +68,8 @@ class ContextExceeded(APIError):
     tokens: int = 0
     limit: int = 0
     trained: int = 0
+    #: whether ``tokens`` is a count (else an estimate: the text was longer than EXACT_CHARS)
+    exact: bool = True
 
 
 def _pieces(text: str) -> list[str]:
@@ -88,34 +96,40 @@ def _pieces(text: str) -> list[str]:
     return out
 
 
-async def count_text_tokens(lease: Any, text: str) -> int:
+async def count_text_tokens(lease: Any, text: str) -> tuple[int, bool]:
     """How many tokens the runner makes of prompt ``text`` (special tokens parsed, BOS added when
-    the model adds one and the text does not start with it), at any length."""
+    the model adds one and the text does not start with it), and whether that is exact: past
+    :data:`EXACT_CHARS` characters the rest is estimated from the part counted."""
+    counted_text = text[:EXACT_CHARS]
     total = 0
     first: list[int] = []
-    for piece in _pieces(text):
+    for piece in _pieces(counted_text):
         tokens = await lease.tokenize(piece, len(piece.encode("utf-8", errors="replace")) + 8, add_special=False)
         assert tokens is not None  # never more tokens than bytes
         if not first:
             first = tokens[:1]
         total += len(tokens)
+    exact = len(counted_text) == len(text)
+    if not exact:
+        total = round(total * len(text) / max(1, len(counted_text)))
     runner = lease.actor.runner
     if runner is not None and runner.facts is not None and runner.facts.add_bos:
         bos = (await lease.tokenize("", add_special=True))[:1]
         if bos and first != bos:
             total += 1
-    return total
+    return total, exact
 
 
 async def context_exceeded(lease: Any, prompt: str, num_ctx: int, extra_tokens: int = 0) -> ContextExceeded:
     """The error for ``prompt`` (after ``extra_tokens`` given as tokens) refused by a context of
     ``num_ctx`` tokens, with its real length."""
-    tokens = await count_text_tokens(lease, prompt) + extra_tokens
+    tokens, exact = await count_text_tokens(lease, prompt)
+    tokens += extra_tokens
     runner = lease.actor.runner
     trained = int(runner.facts.n_ctx_train) if runner is not None and runner.facts is not None else 0
     tokens = max(tokens, num_ctx + 1)  # the runner said it does not fit (an image's tokens count too)
-    return ContextExceeded(400, native_message(tokens, num_ctx, trained), tokens=tokens, limit=num_ctx,
-                           trained=trained)
+    return ContextExceeded(400, native_message(tokens, num_ctx, trained, exact), tokens=tokens, limit=num_ctx,
+                           trained=trained, exact=exact)
 
 
 def context_full(done: Any, num_predict: Any) -> bool:
