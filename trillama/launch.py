@@ -245,7 +245,7 @@ def fit_context(integration: Integration, model: str, base: str, asked: int | No
                    if k.endswith(".context_length") and isinstance(v, int)), default=0)
     current = _num_ctx_parameter(info.get("parameters") or "")
     num_ctx, warning = choose_context(integration, model, trained, current, asked)
-    limit = f"the model's trained maximum" if num_ctx == trained else (
+    limit = "the model's trained maximum" if num_ctx == trained else (
         f"the model is trained for {trained}" if trained else "the model's trained context is unknown")
     if current == num_ctx:
         return ContextChoice(model, num_ctx, f"{num_ctx} tokens ({model} has PARAMETER num_ctx {num_ctx})", warning)
@@ -293,6 +293,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
     extra = tuple(getattr(args, "extra", ()))
     if extra[:1] == ("--",):
         extra = extra[1:]
+    binary = None if args.config else find_binary(integration)
+    if binary is None and not args.config:
+        install = "\n".join(f"  {command}" for command in integration.install)
+        print(f"Error: {integration.binary} is not installed. Install {integration.title} with one of:\n"
+              f"{install}\n\nThen re-run:\n  trillama launch {integration.name}", file=sys.stderr)
+        return 1
     try:
         choice = fit_context(integration, model, base, getattr(args, "context", None), create=not args.config)
     except LookupError as exc:
@@ -307,15 +313,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if choice.warning:
         header += f"Warning: {choice.warning}\n"
     header += "\n"
-    if args.config:
+    if args.config or binary is None:
         print(header + plan.render(), end="")
         return 0
-    binary = find_binary(integration)
-    if binary is None:
-        install = "\n".join(f"  {command}" for command in integration.install)
-        print(f"Error: {integration.binary} is not installed. Install {integration.title} with one of:\n"
-              f"{install}\n\nThen re-run:\n  trillama launch {integration.name}", file=sys.stderr)
-        return 1
     print(header + plan.render(), end="", file=sys.stderr)
     env = {**os.environ, **{k: v for k, v in plan.env if not (k in USER_FIRST and os.environ.get(k))}}
     sys.stdout.flush()
