@@ -236,7 +236,7 @@ def test_bad_input_raises_bad_request(claude: Anthropic) -> None:
         ({"max_tokens": -1}, "max_tokens"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"messages": [{"role": "user", "content": [{"type": "hologram", "data": "x"}]}]},
-         "unknown content block type 'hologram'"),
+         "Input tag 'hologram' found using 'type' does not match any of the expected tags"),
         ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_zz",
                                                      "content": "42"}]}]}, "toolu_zz"),
         ({"tools": [WEATHER], "model": PLAIN_MODEL}, "does not support tools"),
