@@ -154,7 +154,7 @@ def _post(setup: Setup, path: str, body: dict[str, Any], headers: dict[str, str]
 
 
 def _claude_request(run: Run) -> tuple[dict[str, Any], dict[str, str]]:
-    ((ex),) = [ex for ex in run.exchanges if ex.route == "/v1/messages"]
+    ex = [ex for ex in run.exchanges if ex.route == "/v1/messages"][0]  # the agent's first request
     headers = {k: v for k, v in ex.headers.items() if k.startswith("anthropic-")}
     return json.loads(ex.body), headers
 
@@ -178,7 +178,7 @@ def claude_first(agents: Setup, claude_dirs: tuple[Path, Path]) -> Run:
 def test_claude_code_print_mode(claude_first: Run) -> None:
     _assert_ok(claude_first)
     assert claude_first.stdout.strip()
-    (sent,) = claude_first.requests("/v1/messages")
+    sent = claude_first.requests("/v1/messages")[0]
     # What makes this Claude Code's default request: a system message inside messages, tools,
     # adaptive thinking, context management, and a beta query string.
     assert any(m["role"] == "system" for m in sent["messages"])
@@ -203,11 +203,11 @@ def test_claude_code_continues_the_conversation(agents: Setup, claude_dirs: tupl
     run = launch(agents, "claude", ["-c", "-p", "And once more"], home=home, cwd=work, name="claude-continue")
     _assert_ok(run)
     assert run.stdout.strip()
-    (sent,) = run.requests("/v1/messages")
+    sent = run.requests("/v1/messages")[0]
     roles = [m["role"] for m in sent["messages"]]
     assert "assistant" in roles and roles[-1] == "user"  # the earlier exchange, then the new prompt
     # the earlier conversation is the cached prefix: only the new turn is read
-    (answered,) = [a for a in run.access if a.get("route") == "/v1/messages"]
+    answered = [a for a in run.access if a.get("route") == "/v1/messages"][0]
     assert answered["prompt_tokens"] < 1000
 
 
@@ -365,10 +365,10 @@ def codex_first(agents: Setup, codex_dirs: tuple[Path, Path]) -> Run:
 def test_codex_exec(codex_first: Run) -> None:
     _assert_ok(codex_first)
     assert codex_first.stdout.strip()
-    (sent,) = codex_first.requests("/v1/responses")
+    sent = codex_first.requests("/v1/responses")[0]
     kinds = {t["type"] for t in sent["tools"]}
     assert {"namespace", "web_search", "function"} <= kinds and sent["store"] is False
-    (answered,) = [ex for ex in codex_first.exchanges if ex.route == "/v1/responses"]
+    answered = [ex for ex in codex_first.exchanges if ex.route == "/v1/responses"][0]
     assert answered.status == 200
 
 
@@ -378,14 +378,14 @@ def test_codex_exec_resume(agents: Setup, codex_dirs: tuple[Path, Path], codex_f
                  home=home, cwd=work, name="codex-resume")
     _assert_ok(run)
     assert run.stdout.strip()
-    (sent,) = run.requests("/v1/responses")
+    sent = run.requests("/v1/responses")[0]
     assert any(item.get("role") == "assistant" for item in sent["input"])  # the whole conversation, resent
-    (answered,) = [a for a in run.access if a.get("route") == "/v1/responses"]
+    answered = [a for a in run.access if a.get("route") == "/v1/responses"][0]
     assert answered["prompt_tokens"] < 1000  # and read from the slot's cache
 
 
 def test_replayed_codex_request_calls_a_namespaced_tool_as_codex_expects(agents: Setup, codex_first: Run) -> None:
-    ((codex),) = [ex.json for ex in codex_first.exchanges if ex.route == "/v1/responses"]
+    codex = codex_first.requests("/v1/responses")[0]
     # the test model's stop at a line end would cut a forced call at the first newline
     r = _post(agents, "/v1/responses", {**codex, "stream": False, "max_output_tokens": 256,
                                        "options": {"stop": ["<end_of_turn>"], "temperature": 0},
@@ -400,7 +400,7 @@ def test_replayed_codex_request_calls_a_namespaced_tool_as_codex_expects(agents:
 
 
 def test_codexs_request_over_the_context_is_context_length_exceeded(agents: Setup, codex_first: Run) -> None:
-    ((codex),) = [ex.json for ex in codex_first.exchanges if ex.route == "/v1/responses"]
+    codex = codex_first.requests("/v1/responses")[0]
     codex["input"].append({"type": "message", "role": "user", "content": [{"type": "input_text", "text": _padded()}]})
     r = _post(agents, "/v1/responses", codex)
     assert r.status_code == 400, r.text
