@@ -166,6 +166,19 @@ class Scheduler:
             flash_attention=self.settings.flash_attention,
         )
 
+    def _warn_context_capped(self, record: Any, options: Mapping[str, Any] | None, wanted: LoadOptions) -> None:
+        """A ``num_ctx`` (request, Modelfile or ``OLLAMA_CONTEXT_LENGTH``) beyond the model's trained
+        context is served with the trained context: said in the log, never a silent change (the
+        effective value is what ``/api/ps`` shows as ``context_length``)."""
+        params = {**(record.parameters or {}), **{k: v for k, v in (options or {}).items() if v is not None}}
+        asked = int(params.get("num_ctx") or 0) or self.settings.context_length  # 0: nobody asked
+        if asked > wanted.num_ctx:
+            source = ("options.num_ctx" if (options or {}).get("num_ctx") else "PARAMETER num_ctx"
+                      if (record.parameters or {}).get("num_ctx") else "OLLAMA_CONTEXT_LENGTH")
+            log.warning("num_ctx_beyond_trained_context", model=record.name.display, asked=asked, source=source,
+                        effective=wanted.num_ctx,
+                        reason="the model was trained with a shorter context; the trained context is used")
+
     @staticmethod
     def _asks_threads(record: Any, options: Mapping[str, Any] | None) -> bool:
         """Did the request or the Modelfile name a thread count (which then stays as asked)?"""
@@ -195,6 +208,7 @@ class Scheduler:
             if actor is None:
                 self._retire_mismatched(record.digest, wanted)
                 actor = self._new_actor(record, key, wanted, keep_alive)
+                self._warn_context_capped(record, options, wanted)
                 if self._asks_threads(record, options):
                     self._pinned.add(actor)
             try:

@@ -18,7 +18,7 @@ from quart_trio.wrappers.request import TrioRequest
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from trillama import __version__
+from trillama import OLLAMA_API_VERSION, __version__
 from trillama.api import access, anthropic, auth, health, metrics, openai
 from trillama.api.ollama import inference, manage, registry
 from trillama.api.metrics import Metrics
@@ -187,7 +187,8 @@ def create_app(services: Services) -> QuartTrio:
 
     @app.route("/api/version", methods=["GET", "HEAD"])
     async def version() -> Response:
-        return json_response({"version": __version__})
+        # The Ollama API level clients gate features on, and trillama's own version beside it.
+        return json_response({"version": OLLAMA_API_VERSION, "trillama_version": __version__})
 
     app.register_blueprint(manage.blueprint)
     app.register_blueprint(registry.blueprint)

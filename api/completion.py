@@ -20,6 +20,7 @@ from trillama.actors.model import Lease, LoadFailed, ModelGone, ServerBusy
 from trillama.actors.runner.messages import Done, Failed, GenerateJob, Piece
 from trillama.api import access
 from trillama.api.context import services
+from trillama.api.context_limit import context_exceeded
 from trillama.api.errors import SERVER_BUSY, APIError
 from trillama.durations import DurationError, parse_keep_alive
 from trillama.logs import get_logger
@@ -173,6 +174,10 @@ async def run_job(lease: Lease, job: GenerateJob) -> AsyncIterator[Piece | Done]
                         continue
                     event = after
                 if isinstance(event, Failed):
+                    if event.kind == "context_exceeded":
+                        # With both numbers; each protocol words it its own way (api/context_limit.py).
+                        raise await context_exceeded(lease, job.prompt or "", lease.num_ctx_for(job.num_ctx),
+                                                     extra_tokens=len(job.prompt_tokens or ()))
                     raise APIError(_failure_status(event.kind), event.message)
                 if isinstance(event, Done):
                     if entry is not None:

@@ -287,7 +287,12 @@ def test_launch_prints_config_and_names_what_to_install(env: dict[str, str], ser
     shown = cli(bare, "launch", "claude", "--model", SMOL, "--config")
     assert shown.returncode == 0, shown.stderr
     assert f"export ANTHROPIC_BASE_URL={server.base_url}\n" in shown.stdout
-    assert "claude --model smollm2:135m" in shown.stdout
+    # the context launch picks: SmolLM2's trained maximum, too small for Claude Code, and it says so
+    assert "Context: 8192 tokens (the model's trained maximum): smollm2:135m-ctx8k" in shown.stdout
+    assert "Warning: smollm2:135m's context is too small for Claude Code" in shown.stdout
+    assert "claude --model smollm2:135m-ctx8k" in shown.stdout
+    with server.client() as http:  # --config only prints: nothing is created
+        assert "smollm2:135m-ctx8k" not in {m["name"] for m in http.get("/api/tags").json()["models"]}
 
     codex = cli(bare, "launch", "codex", "--config")  # no --model: the newest local model
     assert codex.returncode == 0
@@ -314,8 +319,14 @@ def test_launch_execs_the_tool_with_the_environment(env: dict[str, str], server:
     ran = cli({**env, "PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin"}, "launch", "claude", "--model", SMOL,
               "--", "-p", "hello")
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout == f"args: --model {SMOL} -p hello\nbase: {server.base_url}\nmodel: {SMOL}\n"
-    assert "ANTHROPIC_BASE_URL" in ran.stderr  # the plan is printed before the exec
+    derived = f"{SMOL}-ctx8k"  # the model with PARAMETER num_ctx 8192, created for the agent
+    assert ran.stdout == f"args: --model {derived} -p hello\nbase: {server.base_url}\nmodel: {derived}\n"
+    assert "ANTHROPIC_BASE_URL" in ran.stderr and "Warning:" in ran.stderr  # printed before the exec
+    with server.client() as http:
+        shown = http.post("/api/show", json={"model": derived}).json()
+        assert "num_ctx" in shown["parameters"] and "8192" in shown["parameters"]
+    missing = cli({**env, "PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin"}, "launch", "claude", "--model", "nope:1b")
+    assert missing.returncode == 1 and "model 'nope:1b' not found" in missing.stderr
 
 
 # A template that opens a thinking block when asked to think: whatever the model writes then is

@@ -222,7 +222,8 @@ def test_errors_raise_the_sdk_classes(oai: OpenAI, resp_server: ServerProcess) -
     with pytest.raises(openai.BadRequestError) as exc:
         oai.responses.create(model=SMOL, input="hi", tool_choice="required")
     with pytest.raises(openai.BadRequestError) as exc:
-        oai.responses.create(model=SMOL, input="hi", tools=[{"type": "web_search"}])
+        oai.responses.create(model=SMOL, input="hi", tools=[{"type": "computer_use_preview", "display_width": 8,
+                                                             "display_height": 8, "environment": "linux"}])
     assert exc.value.body["param"] == "tools[0].type"
     with pytest.raises(openai.BadRequestError):
         oai.responses.create(model=SMOL, input="hi", max_output_tokens=0)

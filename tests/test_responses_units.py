@@ -74,7 +74,7 @@ def test_function_call_output_may_answer_a_stored_call() -> None:
 @pytest.mark.parametrize(("raw", "param"), [
     (42, "input"),
     (["hi"], "input[0]"),
-    ([{"type": "web_search_call", "id": "ws_1"}], "input[0].type"),
+    ([{"type": "image_generation_call", "id": "ig_1"}], "input[0].type"),
     ([{"content": "no type, no role"}], "input[0].type"),
     ([{"role": "wizard", "content": "x"}], "input[0].role"),
     ([{"role": "user"}], "input[0].content"),
@@ -122,7 +122,7 @@ def test_flat_function_tools_become_chat_tools() -> None:
 
 @pytest.mark.parametrize(("raw", "param"), [
     ({"type": "function"}, "tools"),
-    ([{"type": "web_search"}], "tools[0].type"),
+    ([{"type": "computer_use_preview"}], "tools[0].type"),
     ([{"type": "function"}], "tools[0].name"),
     ([{"type": "function", "name": "f", "parameters": "x"}], "tools[0].parameters"),
 ])
@@ -428,7 +428,7 @@ async def test_a_continued_prompt_starts_with_the_previous_prompt_and_answer(mon
                                          truncate=True, num_ctx=100_000, count_tokens=count)
         return prompt.text
 
-    monkeypatch.setattr(responses_input, "plan_chat", lambda chat: chat)  # keep the chat request itself
+    monkeypatch.setattr(responses_input, "plan_chat", lambda chat, **_: chat)  # keep the chat request itself
     first = responses_input.plan_response(
         responses_input.ResponsesRequest(model="m", instructions="Be terse.", input="Remember 42."))
     builder = _builder()

@@ -123,6 +123,16 @@ class ToolCallParser:
         return self._count
 
     @property
+    def in_call(self) -> bool:
+        """Whether the output so far ends inside a tool call: in its tag, or after the tag before
+        a whole call (what a token limit cuts off there is template markup, not an answer)."""
+        if not self._buf.strip():
+            return False
+        if self._state is _State.LOOKING:
+            return True  # only a possible start of the tag is ever held back while looking
+        return self._state is _State.CALLING and (self._count == 0 or self.tag in self._buf)
+
+    @property
     def holding(self) -> bool:
         """Whether text is being held back (a partial tag or an unfinished call)."""
         return bool(self._buf)

@@ -10,6 +10,13 @@ The package keeps one job per module: :mod:`.plan` (decoding and validation into
 :mod:`.stream` (the event sequence), :mod:`.sse` (framing, pings, errors mid-stream) and
 :mod:`.errors` (Anthropic's error shape and statuses).
 
+It takes what Claude Code sends (``?beta=true``, any ``anthropic-beta`` value, ``role: "system"``
+messages inside ``messages``, ``thinking`` ``adaptive``, ``context_management``, ``output_config``,
+``metadata``, ``cache_control`` on any block). Server tools follow the rule shared with
+``/v1/responses`` (:mod:`trillama.api.provider_tools`). The prompt is never truncated: a prompt
+longer than the context is Anthropic's ``prompt is too long: N tokens > M maximum``, and a context
+that fills up while answering ends it with ``stop_reason: "model_context_window_exceeded"``.
+
 Beyond Ollama's layer: ``tool_choice`` is honoured (``any`` and ``tool`` constrain decoding so the
 model must call a tool; ``none`` hides the tools), ``count_tokens`` exists and is exact, a
 ``stop_sequence`` answer says which sequence matched, and every error of these routes, expected
@@ -29,6 +36,7 @@ from trillama.api.anthropic.stream import stream_events
 from trillama.api.completion import Timer
 from trillama.api.decode import read_request
 from trillama.api.errors import register_error_shape
+from trillama.api.provider_tools import HEADER as TOOLS_HEADER, header_value
 from trillama.api.streaming import json_response
 from trillama.logs import get_logger
 
@@ -56,8 +64,19 @@ async def messages() -> Response:
              producer=("task" if nursery is not None else "inline") if req.stream else None)
     events = message_events(plan, timer)
     if req.stream:
-        return await sse_response(stream_events(events, model=req.model), nursery=nursery)
-    return json_response(await collect_message(events, model=req.model))
+        response = await sse_response(stream_events(events, model=req.model), nursery=nursery)
+    else:
+        response = json_response(await collect_message(events, model=req.model))
+    if plan.left_out:
+        response.headers[TOOLS_HEADER] = header_value(plan.left_out)
+    return response
+
+
+@blueprint.route("/api/hello", methods=["GET", "HEAD"])
+async def hello() -> Response:
+    """Anthropic's reachability probe: Claude Code sends ``HEAD <ANTHROPIC_BASE_URL>/api/hello`` to
+    warm its connection before the first request (a 404 here would be a failure in every log)."""
+    return json_response({})
 
 
 @blueprint.post("/v1/messages/count_tokens")

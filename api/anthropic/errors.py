@@ -9,12 +9,16 @@ Queue full and "model is unloading" are 503 on the native routes. Here they are 
 maps 529 to ``OverloadedError`` (503 would be ``ServiceUnavailableError``, which Anthropic never
 sends), and clients built for Anthropic (Claude Code among them) treat 529 as "busy, back off and
 retry" rather than as a broken server. ``Retry-After`` is kept; the SDK honours it when it retries.
+
+A prompt longer than the context is Anthropic's ``prompt is too long: N tokens > M maximum`` (400
+``invalid_request_error``): clients parse both numbers and compact the conversation.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from trillama.api.context_limit import ContextExceeded
 from trillama.api.errors import APIError
 
 __all__ = ["OVERLOADED", "STATUSES", "error_type", "error_body", "wire_status", "to_api_error"]
@@ -56,6 +60,9 @@ def to_api_error(exc: BaseException) -> APIError:
     """Any exception a route let escape, as an :class:`APIError` (unexpected ones are 500s)."""
     from werkzeug.exceptions import HTTPException
 
+    if isinstance(exc, ContextExceeded):
+        # Anthropic's own words: Claude Code reads both numbers and compacts the conversation.
+        return APIError(400, f"prompt is too long: {exc.tokens} tokens > {exc.limit} maximum")
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, HTTPException):

@@ -20,16 +20,18 @@ import attrs
 from trillama.actors.structured import FormatError, grammar_for_format
 from trillama.api.anthropic.translate import (
     ToolChoice,
+    ToolEvents,
     native_messages,
-    native_tools,
     output_schema,
     parse_tool_choice,
     stop_sequences,
     think_value,
+    tool_set,
 )
 from trillama.api.completion import coerce_request_options, parse_keep_alive_field, resolve_model
 from trillama.api.errors import APIError
 from trillama.api.prompting import check_think, forced_tool_call, require_vision
+from trillama.api.provider_tools import log_left_out
 from trillama.logs import get_logger
 
 __all__ = ["MessagesRequest", "CountTokensRequest", "Plan", "plan_messages", "plan_count"]
@@ -63,6 +65,14 @@ class MessagesRequest(_Conversation):
     top_k: int | None = None
     stream: bool = False
     metadata: dict[str, Any] | None = None  # accepted; nothing here needs a user id
+    # Accepted and without effect here: the prompt is the conversation as sent (no server-side
+    # clearing of old thinking or tool results), there is one service tier, and no code container.
+    context_management: Any = None
+    service_tier: Any = None
+    container: Any = None
+    #: Anthropic's MCP connector: its servers are called by Anthropic, so they are left out (the
+    #: provider-tool rule)
+    mcp_servers: Any = None
 
 
 @attrs.define
@@ -84,6 +94,10 @@ class Plan:
     keep_alive: float | None
     grammar: str | None
     stop: tuple[str, ...] = ()
+    #: server tools left out (named in the answer's X-Trillama-Ignored-Tools header)
+    left_out: tuple[str, ...] = ()
+    #: ``thinking.display: "omitted"``: the model may think, the answer carries no thinking text
+    hide_thinking: bool = False
 
 
 def _check_range(name: str, value: float | int | None, low: float, high: float | None) -> None:
@@ -108,9 +122,11 @@ def _think(req: _Conversation, record: Any) -> bool | str | None:
 
 
 def _plan(req: _Conversation, options: dict[str, Any]) -> Plan:
-    messages = native_messages(req.messages, req.system)
-    tools = native_tools(req.tools)
-    choice = parse_tool_choice(req.tool_choice, tools)
+    events = ToolEvents()
+    messages = native_messages(req.messages, req.system, events)
+    offered = tool_set(req.tools, events)
+    tools = offered.tools
+    choice = parse_tool_choice(req.tool_choice, tools, offered.left_out)
     record = resolve_model(req.model, empty_status=400, empty_message="model: field required")
     keep_alive = parse_keep_alive_field(req.keep_alive)
     caps = record.capabilities or []
@@ -135,8 +151,14 @@ def _plan(req: _Conversation, options: dict[str, Any]) -> Plan:
         assert tools is not None
         grammar, think = forced_tool_call(record, tools, choice.name, think)
     merged = {**(record.parameters or {}), **coerce_request_options(req.options), **options}
+    hide = isinstance(req.thinking, dict) and req.thinking.get("display") == "omitted"
+    left_out = offered.left_out
+    if isinstance(req, MessagesRequest) and isinstance(req.mcp_servers, list) and req.mcp_servers:
+        left_out += tuple(str(s.get("name") or "mcp") if isinstance(s, dict) else "mcp" for s in req.mcp_servers)
+        log_left_out("anthropic", left_out[len(offered.left_out):])
     return Plan(model=req.model, record=record, messages=messages, tools=tools, choice=choice, think=think,
-                options=merged, keep_alive=keep_alive, grammar=grammar, stop=tuple(options.get("stop") or ()))
+                options=merged, keep_alive=keep_alive, grammar=grammar, stop=tuple(options.get("stop") or ()),
+                left_out=left_out, hide_thinking=hide)
 
 
 def plan_messages(req: MessagesRequest) -> Plan:

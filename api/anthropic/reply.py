@@ -24,11 +24,14 @@ def new_message_id() -> str:
 
 
 def stop_reason(finish: Finish, tool_use: bool) -> str:
-    """``tool_use`` when the answer called a tool; else the runner's reason in Anthropic's words."""
+    """``tool_use`` when the answer called a tool; else the runner's reason in Anthropic's words:
+    ``model_context_window_exceeded`` when the context filled up before ``max_tokens`` ran out."""
     if tool_use:
         return "tool_use"
     if finish.stop_sequence is not None:
         return "stop_sequence"
+    if finish.context_full:
+        return "model_context_window_exceeded"
     return "max_tokens" if finish.done.done_reason == "length" else "end_turn"
 
 

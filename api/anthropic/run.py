@@ -5,9 +5,10 @@ This is the same path ``/api/chat`` takes (``model_lease`` → ``build_chat_prom
 Anthropic: :class:`Delta` values (text, thinking, whole tool calls) and one closing
 :class:`Finish` with the runner's counts and the stop sequence that ended the answer, if any.
 
-``count_tokens`` renders the prompt exactly as a generation would (same truncation to the
-context) and counts it the way the runner will tokenize it, so the count equals the request's
-``prompt_eval_count`` when nothing of it is cached.
+``count_tokens`` renders the prompt exactly as a generation would (the whole conversation: this
+route never truncates) and counts it the way the runner will tokenize it, so the count equals the
+request's ``prompt_eval_count`` when nothing of it is cached, and is returned also when it is more
+than the context holds.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import attrs
 
 from trillama.actors.model import Lease
 from trillama.actors.prompt.truncate import IMAGE_TOKENS
-from trillama.actors.runner.messages import PROMPT_TOO_LONG, Done, Piece
+from trillama.actors.runner.messages import Done, Piece
 from trillama.actors.sampling import job_from_options
 from trillama.api.anthropic.plan import Plan
 from trillama.api.completion import Timer, model_lease, run_job
-from trillama.api.errors import APIError
-from trillama.api.prompting import ChatPrompt, build_chat_prompt
+from trillama.api.context_limit import context_full, count_text_tokens
+from trillama.api.prompting import ChatPrompt
+from trillama.api.system_messages import render_conversation
 
 __all__ = ["Delta", "Finish", "ToolUse", "message_events", "count_prompt_tokens", "new_tool_use_id",
            "matched_stop"]
@@ -54,43 +56,31 @@ class Delta:
 
 @attrs.frozen
 class Finish:
-    """The end of the answer: the runner's final event and the stop sequence that matched."""
+    """The end of the answer: the runner's final event, the stop sequence that matched, and whether
+    it stopped because the context was full (not because ``max_tokens`` ran out)."""
 
     done: Done
     stop_sequence: str | None = None
+    context_full: bool = False
 
 
 async def _render(plan: Plan, lease: Lease) -> tuple[ChatPrompt, int]:
+    """The whole conversation as the prompt, never truncated: a prompt longer than the context is
+    Anthropic's ``prompt is too long`` error (agents compact the conversation when they get it),
+    not an answer to a conversation whose beginning was silently cut."""
     num_ctx = lease.num_ctx_for(plan.options.get("num_ctx"))
-    prompt = await build_chat_prompt(plan.record, plan.messages, tools=plan.tools, think=plan.think,
-                                     truncate=True, num_ctx=num_ctx, count_tokens=lease.tokenize)
+    prompt = await render_conversation(plan.record, plan.messages, tools=plan.tools, think=plan.think,
+                                       truncate=False, num_ctx=num_ctx, count_tokens=lease.tokenize)
     return prompt, num_ctx
 
 
-async def _token_count(lease: Lease, text: str, num_ctx: int) -> int:
-    """The prompt's length as the runner builds it: the text's tokens (special tokens parsed, as
-    the runner parses them), plus BOS when the model adds one and the text does not start with it.
-
-    Bounded by the context, as a generation is: a prompt the model could not read is the same 400
-    here as on ``/v1/messages``, and a huge message never costs the runner memory in proportion
-    to its length (issue 12).
-    """
-    tokens = await lease.tokenize(text, num_ctx, add_special=False)
-    if tokens is None:
-        raise APIError(400, PROMPT_TOO_LONG)
-    runner = lease.actor.runner
-    if runner is not None and runner.facts is not None and runner.facts.add_bos:
-        bos = (await lease.tokenize("", add_special=True))[:1]
-        if bos and tokens[:1] != bos:
-            return len(tokens) + 1
-    return len(tokens)
-
-
 async def count_prompt_tokens(plan: Plan, timer: Timer) -> int:
-    """The number of prompt tokens ``plan`` would make the model read (images as Ollama counts them)."""
+    """The number of prompt tokens ``plan`` would make the model read (images as Ollama counts
+    them), also when that is more than the context holds, as Anthropic's count does."""
     async with model_lease(plan.record, plan.options, plan.keep_alive, timer) as lease:
-        prompt, num_ctx = await _render(plan, lease)
-        return await _token_count(lease, prompt.text, num_ctx) + IMAGE_TOKENS * len(prompt.images)
+        prompt, _ = await _render(plan, lease)
+        tokens, _ = await count_text_tokens(lease, prompt.text)
+        return tokens + IMAGE_TOKENS * len(prompt.images)
 
 
 def matched_stop(generated: str, emitted: str, stops: tuple[str, ...]) -> str | None:
@@ -119,8 +109,10 @@ async def message_events(plan: Plan, timer: Timer) -> AsyncIterator[Delta | Fini
     """The answer to ``plan`` as deltas, ending with :class:`Finish`."""
     async with model_lease(plan.record, plan.options, plan.keep_alive, timer) as lease:
         prompt, num_ctx = await _render(plan, lease)
+        # No context shift: a full context ends the answer (model_context_window_exceeded) rather
+        # than silently dropping the start of the conversation to go on.
         job = job_from_options(plan.options, prompt=prompt.text, grammar=plan.grammar, num_ctx=num_ctx,
-                               images=prompt.images)
+                               images=prompt.images, shift=False)
         parser = prompt.output_parser()
         emitted: list[str] = []
         calls = 0
@@ -134,8 +126,8 @@ async def message_events(plan: Plan, timer: Timer) -> AsyncIterator[Delta | Fini
                 calls += 1
                 fn = call["function"]
                 uses.append(ToolUse(id=new_tool_use_id(), name=fn["name"], input=dict(fn.get("arguments") or {})))
-            out = Delta(text=message.get("content") or "", thinking=message.get("thinking") or "",
-                        tool_uses=tuple(uses))
+            thinking = "" if plan.hide_thinking else message.get("thinking") or ""
+            out = Delta(text=message.get("content") or "", thinking=thinking, tool_uses=tuple(uses))
             return out if (out.text or out.thinking or out.tool_uses) else None
 
         async with aclosing(run_job(lease, job)) as events:
@@ -146,9 +138,14 @@ async def message_events(plan: Plan, timer: Timer) -> AsyncIterator[Delta | Fini
                         if (item := delta(message)) is not None:
                             yield item
                 else:
+                    cut_call = (parser.tools is not None and parser.tools.in_call
+                                and (event.done_reason == "length" or plan.choice.forced))
                     for message in parser.flush():
+                        if cut_call:  # an unfinished call (cut by the limit): no template markup as text
+                            message = {**message, "content": ""}
                         if (item := delta(message)) is not None:
                             yield item
                     yield Finish(done=event, stop_sequence=await _stop_sequence(lease, event, "".join(emitted),
-                                                                                plan.stop))
+                                                                                plan.stop),
+                                 context_full=context_full(event, plan.options.get("num_predict")))
                     return

@@ -8,7 +8,11 @@ OpenAI-style tool list the templates and the tool-call grammar take), or raises 
 
 Anthropic's block model maps onto native messages like this:
 
-* ``system`` (a string or text blocks) becomes the first ``system`` message.
+* ``system`` (a string or text blocks) becomes the first ``system`` message. A ``role: "system"``
+  message inside ``messages`` (Claude Code's mid-conversation instructions) becomes a native system
+  message where it stands (:mod:`trillama.api.system_messages` keeps its text in the prompt even
+  when the template cannot show it there); its ``tool_addition``/``tool_removal`` blocks change the
+  tools offered.
 * A user turn's ``tool_result`` blocks become native ``tool`` messages (one per result, in order,
   before the turn's own text), with ``tool_name`` taken from the earlier ``tool_use`` of the same
   id. A result whose id no earlier ``tool_use`` has is refused: a template cannot render it and the
@@ -16,7 +20,12 @@ Anthropic's block model maps onto native messages like this:
 * An assistant turn's ``tool_use`` blocks become ``tool_calls``; its ``thinking`` blocks become
   ``thinking``; ``redacted_thinking`` is dropped (it is opaque to any model but Anthropic's).
 * Text blocks of one turn are joined by a blank line (Claude Code sends reminders and the prompt
-  as separate blocks; run together, they would read as one sentence).
+  as separate blocks; run together, they would read as one sentence). ``document`` blocks with a
+  text source and ``search_result`` blocks are text too; a ``tool_reference`` block in a tool
+  result loads a deferred tool (``defer_loading``), as Anthropic's tool search does.
+* ``cache_control`` may sit on any block and is ignored: the runner's prefix cache needs no hints.
+* A block type this server does not take is refused in Anthropic's own words (``Input tag 'x'
+  found using 'type' does not match any of the expected tags: …``), so clients' fallbacks work.
 """
 
 from __future__ import annotations
@@ -29,15 +38,18 @@ import attrs
 
 from trillama.api.decode import json_type_name
 from trillama.api.errors import APIError
+from trillama.api.provider_tools import anthropic_client_tool, anthropic_tool_kind, log_left_out
 from trillama.logs import get_logger
 
-__all__ = ["ToolChoice", "system_text", "native_messages", "native_tools", "parse_tool_choice",
-           "think_value", "stop_sequences", "output_schema"]
+__all__ = ["ToolChoice", "ToolEvents", "ToolSet", "system_text", "native_messages", "native_tools", "tool_set",
+           "parse_tool_choice", "think_value", "stop_sequences", "output_schema"]
 
 log = get_logger("trillama.api.anthropic")
 
-_USER_BLOCKS = ("text", "image", "tool_result")
+_USER_BLOCKS = ("text", "image", "document", "search_result", "tool_result")
 _ASSISTANT_BLOCKS = ("text", "tool_use", "thinking", "redacted_thinking")
+_SYSTEM_BLOCKS = ("text", "tool_addition", "tool_removal")
+_RESULT_BLOCKS = ("text", "image", "document", "search_result", "tool_reference")
 _IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 _EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "max", "max": "max"}
 
@@ -68,6 +80,22 @@ def system_text(system: Any) -> str | None:
 
 
 # ----------------------------------------------------------------------------- messages
+@attrs.define
+class ToolEvents:
+    """What a conversation says about its tools besides calling them: the deferred tools a tool
+    search loaded (``tool_reference`` blocks) and the tools added or removed mid-conversation
+    (``tool_addition`` / ``tool_removal`` blocks in a system message), in order."""
+
+    referenced: set[str] = attrs.Factory(set)
+    changes: list[tuple[str, Any]] = attrs.Factory(list)  # ("add", definition) or ("remove", name)
+
+
+def _unknown_tag(path: str, kind: Any, expected: tuple[str, ...]) -> APIError:
+    """Anthropic's own words for a block type it does not take (clients match on them)."""
+    tags = ", ".join(f"'{t}'" for t in expected)
+    return _bad(path, f"Input tag '{kind}' found using 'type' does not match any of the expected tags: {tags}")
+
+
 def _image(block: Mapping[str, Any], path: str) -> bytes:
     source = block.get("source")
     if not isinstance(source, Mapping):
@@ -97,8 +125,55 @@ def _text(block: Mapping[str, Any], path: str) -> str:
     return text
 
 
-def _tool_result_content(content: Any, path: str) -> tuple[str, list[bytes]]:
-    """A ``tool_result``'s ``content``: absent, a string, or text and image blocks."""
+def _text_blocks(content: Any, path: str) -> str:
+    """A string, or text blocks joined by a blank line (a document's or search result's content)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _bad(path, f"expected a string or an array of text blocks, got {_kind(content)}")
+    texts = []
+    for i, block in enumerate(content):
+        kind = block.get("type") if isinstance(block, Mapping) else None
+        if kind != "text":
+            raise _unknown_tag(f"{path}.{i}", kind, ("text",))
+        texts.append(_text(block, f"{path}.{i}"))
+    return "\n\n".join(texts)
+
+
+def _document(block: Mapping[str, Any], path: str) -> str:
+    """A ``document`` block with a text source (plain text, or text blocks) as the text it holds,
+    under its title; PDFs and files cannot be read by a local text model."""
+    source = block.get("source")
+    if not isinstance(source, Mapping):
+        raise _bad(f"{path}.source", "a document block needs a 'source' object")
+    kind = source.get("type")
+    if kind == "text":
+        data = source.get("data")
+        if not isinstance(data, str):
+            raise _bad(f"{path}.source.data", f"expected a string, got {_kind(data)}")
+        body = data
+    elif kind == "content":
+        body = _text_blocks(source.get("content"), f"{path}.source.content")
+    elif kind in ("base64", "url", "file"):
+        raise _bad(f"{path}.source", f"document source type '{kind}' is not supported here (no PDF reader); "
+                                     "send the document's text ({\"type\": \"text\", \"media_type\": "
+                                     "\"text/plain\", \"data\": ...})")
+    else:
+        raise _unknown_tag(f"{path}.source", kind, ("text", "content", "base64", "url", "file"))
+    parts = [p for p in (block.get("title"), body, block.get("context")) if isinstance(p, str) and p]
+    return "\n\n".join(parts)
+
+
+def _search_result(block: Mapping[str, Any], path: str) -> str:
+    title, source = block.get("title"), block.get("source")
+    head = " — ".join(p for p in (title, source) if isinstance(p, str) and p)
+    body = _text_blocks(block.get("content", []), f"{path}.content")
+    return f"{head}\n{body}" if head else body
+
+
+def _tool_result_content(content: Any, path: str, events: ToolEvents) -> tuple[str, list[bytes]]:
+    """A ``tool_result``'s ``content``: absent, a string, or text, image, document, search result
+    and ``tool_reference`` blocks (a tool search's answer: the deferred tools it loaded)."""
     if content is None:
         return "", []
     if isinstance(content, str):
@@ -114,8 +189,18 @@ def _tool_result_content(content: Any, path: str) -> tuple[str, list[bytes]]:
             texts.append(_text(block, where))
         elif kind == "image":
             images.append(_image(block, where))
+        elif kind == "document":
+            texts.append(_document(block, where))
+        elif kind == "search_result":
+            texts.append(_search_result(block, where))
+        elif kind == "tool_reference":
+            name = block.get("tool_name")
+            if not isinstance(name, str) or not name:
+                raise _bad(f"{where}.tool_name", "a tool_reference block needs the 'tool_name' it loads")
+            events.referenced.add(name)
+            texts.append(f"Tool {name} is loaded and can be called now.")
         else:
-            raise _bad(where, f"unknown block type {kind!r} in a tool_result (expected 'text' or 'image')")
+            raise _unknown_tag(where, kind, _RESULT_BLOCKS)
     return "\n\n".join(texts), images
 
 
@@ -130,7 +215,8 @@ def _blocks(content: Any, path: str) -> list[Mapping[str, Any]]:
     return content
 
 
-def _user_turn(blocks: list[Mapping[str, Any]], path: str, calls: dict[str, str]) -> list[dict[str, Any]]:
+def _user_turn(blocks: list[Mapping[str, Any]], path: str, calls: dict[str, str],
+               events: ToolEvents) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     texts: list[str] = []
     images: list[bytes] = []
@@ -140,6 +226,10 @@ def _user_turn(blocks: list[Mapping[str, Any]], path: str, calls: dict[str, str]
             texts.append(_text(block, where))
         elif kind == "image":
             images.append(_image(block, where))
+        elif kind == "document":
+            texts.append(_document(block, where))
+        elif kind == "search_result":
+            texts.append(_search_result(block, where))
         elif kind == "tool_result":
             ident = block.get("tool_use_id")
             if not isinstance(ident, str) or not ident:
@@ -147,7 +237,7 @@ def _user_turn(blocks: list[Mapping[str, Any]], path: str, calls: dict[str, str]
             if ident not in calls:
                 raise _bad(where, f"tool_result names tool_use_id {ident!r}, but no earlier assistant tool_use "
                                   "block has that id")
-            text, result_images = _tool_result_content(block.get("content"), where)
+            text, result_images = _tool_result_content(block.get("content"), where, events)
             if block.get("is_error") is True:
                 text = f"Error: {text}" if text else "Error"
             message: dict[str, Any] = {"role": "tool", "content": text, "tool_name": calls[ident],
@@ -158,8 +248,7 @@ def _user_turn(blocks: list[Mapping[str, Any]], path: str, calls: dict[str, str]
         elif kind in _ASSISTANT_BLOCKS:
             raise _bad(where, f"a {kind} block belongs in an assistant message, not a user message")
         else:
-            raise _bad(where, f"unknown content block type {kind!r} (a user message takes "
-                              f"{', '.join(_USER_BLOCKS)})")
+            raise _unknown_tag(where, kind, _USER_BLOCKS)
     if texts or images or not out:
         message = {"role": "user", "content": "\n\n".join(texts)}
         if images:
@@ -197,8 +286,7 @@ def _assistant_turn(blocks: list[Mapping[str, Any]], path: str, calls: dict[str,
         elif kind in _USER_BLOCKS:
             raise _bad(where, f"a {kind} block belongs in a user message, not an assistant message")
         else:
-            raise _bad(where, f"unknown content block type {kind!r} (an assistant message takes "
-                              f"{', '.join(_ASSISTANT_BLOCKS)})")
+            raise _unknown_tag(where, kind, _ASSISTANT_BLOCKS)
     message: dict[str, Any] = {"role": "assistant", "content": "\n\n".join(texts)}
     if thinking:
         message["thinking"] = "\n\n".join(thinking)
@@ -207,8 +295,39 @@ def _assistant_turn(blocks: list[Mapping[str, Any]], path: str, calls: dict[str,
     return message
 
 
-def native_messages(raw: Any, system: Any = None) -> list[dict[str, Any]]:
-    """``system`` and ``messages`` as native chat messages (see the module docstring)."""
+def _system_turn(blocks: list[Mapping[str, Any]], path: str, events: ToolEvents) -> dict[str, Any] | None:
+    """A ``role: "system"`` message inside ``messages`` (Claude Code's mid-conversation system
+    messages): its text becomes a native system message where it stands; ``tool_addition`` and
+    ``tool_removal`` blocks change the tools offered from here on."""
+    texts: list[str] = []
+    for i, block in enumerate(blocks):
+        where, kind = f"{path}.{i}", block["type"]
+        if kind == "text":
+            texts.append(_text(block, where))
+        elif kind in ("tool_addition", "tool_removal"):
+            tool = block.get("tool")
+            if not isinstance(tool, Mapping):
+                raise _bad(f"{where}.tool", f"expected an object, got {_kind(tool)}")
+            if kind == "tool_addition":
+                definition = tool.get("definition")
+                if tool.get("type") != "tool_definition" or not isinstance(definition, Mapping):
+                    raise _bad(f"{where}.tool", "expected {\"type\": \"tool_definition\", \"definition\": {...}}")
+                events.changes.append(("add", (f"{where}.tool.definition", dict(definition))))
+            else:
+                name = tool.get("name")
+                if tool.get("type") != "tool_reference" or not isinstance(name, str) or not name:
+                    raise _bad(f"{where}.tool", "expected {\"type\": \"tool_reference\", \"name\": ...}")
+                events.changes.append(("remove", name))
+        else:
+            raise _unknown_tag(where, kind, _SYSTEM_BLOCKS)
+    text = "\n\n".join(t for t in texts if t)
+    return {"role": "system", "content": text} if text else None
+
+
+def native_messages(raw: Any, system: Any = None, events: ToolEvents | None = None) -> list[dict[str, Any]]:
+    """``system`` and ``messages`` as native chat messages (see the module docstring); what the
+    conversation says about its tools goes into ``events``."""
+    events = events if events is not None else ToolEvents()
     if raw is None:
         raise _bad("messages", "field required")
     if not isinstance(raw, list):
@@ -225,58 +344,106 @@ def native_messages(raw: Any, system: Any = None) -> list[dict[str, Any]]:
         if not isinstance(message, Mapping):
             raise _bad(path, f"expected an object, got {_kind(message)}")
         role = message.get("role")
-        if role not in ("user", "assistant"):
-            hint = " (put a system prompt in the top-level 'system' field)" if role == "system" else ""
-            raise _bad(f"{path}.role", f"must be 'user' or 'assistant', got {role!r}{hint}")
+        if role not in ("user", "assistant", "system"):
+            raise _bad(f"{path}.role", f"Unexpected role {role!r}: an input message role must be 'user', "
+                                       "'assistant' or 'system'")
         if "content" not in message:
             raise _bad(f"{path}.content", "field required")
         blocks = _blocks(message["content"], f"{path}.content")
         if role == "user":
-            out.extend(_user_turn(blocks, f"{path}.content", calls))
-        else:
+            out.extend(_user_turn(blocks, f"{path}.content", calls, events))
+        elif role == "assistant":
             out.append(_assistant_turn(blocks, f"{path}.content", calls))
+        elif (turn := _system_turn(blocks, f"{path}.content", events)) is not None:
+            out.append(turn)
+    if all(m["role"] == "system" for m in out):
+        raise _bad("messages", "at least one user or assistant message is required")
     return out
 
 
 # ----------------------------------------------------------------------------- tools
-def native_tools(raw: Any) -> list[dict[str, Any]] | None:
-    """Anthropic custom tools as the OpenAI-style function tools templates and grammars take.
+@attrs.frozen
+class ToolSet:
+    """The tools the model is shown, and the ones left out under the provider-tool rule."""
 
-    Anthropic's server tools (``web_search_…``, ``bash_…``, ``text_editor_…``, ``computer_…``) run
-    on Anthropic's side; no local model can honour them, and refusing them would break clients
-    that always send them, so they are left out (logged).
+    tools: list[dict[str, Any]] | None
+    left_out: tuple[str, ...] = ()
+    #: deferred tools (``defer_loading``) no tool search has loaded yet: not shown, not callable
+    deferred: tuple[str, ...] = ()
+
+
+def _function(tool: Mapping[str, Any], path: str) -> dict[str, Any]:
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise _bad(f"{path}.name", "a tool needs a non-empty string 'name'")
+    schema = tool.get("input_schema")
+    if not isinstance(schema, Mapping):
+        raise _bad(f"{path}.input_schema", f"expected a JSON schema object, got {_kind(schema)}")
+    description = tool.get("description")
+    if description is not None and not isinstance(description, str):
+        raise _bad(f"{path}.description", f"expected a string, got {_kind(description)}")
+    function: dict[str, Any] = {"name": name, "parameters": dict(schema)}
+    if description:
+        function["description"] = description
+    return {"type": "function", "function": function}
+
+
+def tool_set(raw: Any, events: ToolEvents | None = None) -> ToolSet:
+    """``tools`` (and the conversation's tool events) as the function tools the model is shown.
+
+    Custom tools become function tools. Anthropic-defined tools the client runs (``bash_…``,
+    ``text_editor_…``, ``memory_…``, ``computer_…``) become function tools with their documented
+    parameters; server tools are left out (the rule in :mod:`trillama.api.provider_tools`). A tool
+    with ``defer_loading`` is shown only once a ``tool_reference`` block has loaded it, as
+    Anthropic's tool search does.
     """
-    if raw is None:
-        return None
-    if not isinstance(raw, list):
+    events = events if events is not None else ToolEvents()
+    if raw is not None and not isinstance(raw, list):
         raise _bad("tools", f"expected an array of tools, got {_kind(raw)}")
-    out: list[dict[str, Any]] = []
-    names: set[str] = set()
-    for i, tool in enumerate(raw):
+    named: dict[str, tuple[dict[str, Any], bool]] = {}  # name -> (function tool, deferred)
+    left_out: list[str] = []
+    for i, tool in enumerate(raw or ()):
         path = f"tools.{i}"
         if not isinstance(tool, Mapping):
             raise _bad(path, f"expected an object, got {_kind(tool)}")
         kind = tool.get("type")
-        if kind not in (None, "custom"):
-            log.info("anthropic_server_tool_dropped", tool=tool.get("name"), type=kind)
+        category = anthropic_tool_kind(kind)
+        if category == "hosted":
+            left_out.append(str(tool.get("name") or kind))
             continue
-        name = tool.get("name")
-        if not isinstance(name, str) or not name:
-            raise _bad(f"{path}.name", "a tool needs a non-empty string 'name'")
-        if name in names:
+        if category == "unknown":
+            raise _bad(f"{path}.type", f"unknown tool type {kind!r}: a tool is a custom tool (no 'type', or "
+                                       "'custom'), an Anthropic-defined client tool (bash_…, text_editor_…, "
+                                       "memory_…, computer_…) or a server tool")
+        if category == "client":
+            name = tool.get("name")
+            if not isinstance(name, str) or not name:
+                raise _bad(f"{path}.name", "a tool needs a non-empty string 'name'")
+            spec = anthropic_client_tool(kind)
+            function = {"type": "function", "function": {"name": name, "description": spec.description,
+                                                         "parameters": dict(spec.parameters)}}
+        else:
+            function = _function(tool, path)
+        name = function["function"]["name"]
+        if name in named:
             raise _bad(f"{path}.name", f"tool names must be unique; {name!r} appears twice")
-        names.add(name)
-        schema = tool.get("input_schema")
-        if not isinstance(schema, Mapping):
-            raise _bad(f"{path}.input_schema", f"expected a JSON schema object, got {_kind(schema)}")
-        description = tool.get("description")
-        if description is not None and not isinstance(description, str):
-            raise _bad(f"{path}.description", f"expected a string, got {_kind(description)}")
-        function: dict[str, Any] = {"name": name, "parameters": dict(schema)}
-        if description:
-            function["description"] = description
-        out.append({"type": "function", "function": function})
-    return out or None
+        named[name] = (function, tool.get("defer_loading") is True)
+    for change, value in events.changes:
+        if change == "add":
+            where, definition = value
+            function = _function(definition, where)
+            named[function["function"]["name"]] = (function, definition.get("defer_loading") is True)
+        else:
+            named.pop(value, None)
+    shown = [f for name, (f, deferred) in named.items() if not deferred or name in events.referenced]
+    deferred = tuple(name for name, (_, d) in named.items() if d and name not in events.referenced)
+    log_left_out("anthropic", tuple(left_out))
+    return ToolSet(tools=shown or None, left_out=tuple(left_out), deferred=deferred)
+
+
+def native_tools(raw: Any) -> list[dict[str, Any]] | None:
+    """Anthropic tools as the OpenAI-style function tools templates and grammars take (see :func:`tool_set`)."""
+    return tool_set(raw).tools
 
 
 @attrs.frozen
@@ -295,7 +462,7 @@ class ToolChoice:
         return self.mode in ("any", "tool")
 
 
-def parse_tool_choice(value: Any, tools: list[dict[str, Any]] | None) -> ToolChoice:
+def parse_tool_choice(value: Any, tools: list[dict[str, Any]] | None, left_out: tuple[str, ...] = ()) -> ToolChoice:
     if value is None:
         return ToolChoice()
     if not isinstance(value, Mapping):
@@ -311,6 +478,9 @@ def parse_tool_choice(value: Any, tools: list[dict[str, Any]] | None) -> ToolCho
         name = value.get("name")
         if not isinstance(name, str) or not name:
             raise _bad("tool_choice.name", "tool_choice of type 'tool' needs the tool's 'name'")
+    if name is not None and name in left_out:
+        raise _bad("tool_choice.name", f"{name!r} is a server tool: it runs on Anthropic's servers and cannot be "
+                                       "called here")
     if mode in ("any", "tool") and not tools:
         raise _bad("tool_choice", f"tool_choice '{mode}' needs at least one tool in 'tools'")
     if name is not None and not any(t["function"]["name"] == name for t in tools or ()):

@@ -37,7 +37,8 @@ from trillama.api.openai.common import (
 )
 from trillama.api.openai.messages import native_messages
 from trillama.api.openai.tools import check_tools, ollama_format, parse_tool_choice, think_value
-from trillama.api.prompting import build_chat_prompt, check_think, forced_tool_call, require_vision
+from trillama.api.prompting import check_think, forced_tool_call, require_vision
+from trillama.api.system_messages import render_conversation
 from trillama.api.streaming import json_response
 from trillama.logs import get_logger
 
@@ -95,6 +96,14 @@ class ChatPlan:
     grammar: str | None
     logprobs: bool
     top_logprobs: int
+    #: chat completions truncate old messages to fit (Ollama does); the Responses route does not
+    truncate: bool = True
+    #: context shift when the context fills while answering (Ollama's default); off on Responses
+    shift: bool = True
+    #: ``parallel_tool_calls: false``: the answer's first tool call only
+    single_call: bool = False
+    #: the answer must be a tool call (``tool_choice`` required or named)
+    forced_call: bool = False
 
 
 async def chat_events(plan: ChatPlan, timer: Timer) -> AsyncIterator[Delta | Done]:
@@ -105,12 +114,14 @@ async def chat_events(plan: ChatPlan, timer: Timer) -> AsyncIterator[Delta | Don
     """
     async with model_lease(plan.record, plan.options, plan.keep_alive, timer) as lease:
         num_ctx = lease.num_ctx_for(plan.options.get("num_ctx"))
-        prompt = await build_chat_prompt(plan.record, plan.messages, tools=plan.tools, think=plan.think,
-                                         truncate=True, num_ctx=num_ctx, count_tokens=lease.tokenize)
+        prompt = await render_conversation(plan.record, plan.messages, tools=plan.tools, think=plan.think,
+                                           truncate=plan.truncate, num_ctx=num_ctx, count_tokens=lease.tokenize)
         job = job_from_options(plan.options, prompt=prompt.text, grammar=plan.grammar, logprobs=plan.logprobs,
-                               top_logprobs=plan.top_logprobs, num_ctx=num_ctx, images=prompt.images)
+                               top_logprobs=plan.top_logprobs, num_ctx=num_ctx, images=prompt.images,
+                               shift=plan.shift)
         parser = prompt.output_parser()
         held: list[dict[str, Any]] = []
+        calls = 0
 
         def delta(message: Mapping[str, Any]) -> Delta:
             # Once per streamed token: nothing is built for the fields a plain piece leaves empty.
@@ -118,9 +129,13 @@ async def chat_events(plan: ChatPlan, timer: Timer) -> AsyncIterator[Delta | Don
             if held:
                 logprobs = tuple(held)
                 held.clear()
-            calls = message.get("tool_calls")
+            nonlocal calls
+            made = message.get("tool_calls")
+            if made and plan.single_call:
+                made = made[:max(0, 1 - calls)]
+            calls += len(made or ())
             return Delta(content=message.get("content") or "", reasoning=message.get("thinking") or "",
-                          tool_calls=tuple(openai_tool_call(c) for c in calls) if calls else (),
+                          tool_calls=tuple(openai_tool_call(c) for c in made) if made else (),
                           logprobs=logprobs)
 
         async with aclosing(run_job(lease, job)) as events:
@@ -130,7 +145,11 @@ async def chat_events(plan: ChatPlan, timer: Timer) -> AsyncIterator[Delta | Don
                     for message in parser.feed(event.text):
                         yield delta(message)
                 else:
+                    cut_call = (parser.tools is not None and parser.tools.in_call
+                                and (event.done_reason == "length" or plan.forced_call))
                     for message in parser.flush():
+                        if cut_call:  # an unfinished call (cut by the limit): no template markup as text
+                            message = {**message, "content": ""}
                         yield delta(message)
                     if held:
                         yield Delta(logprobs=tuple(held))
@@ -223,9 +242,13 @@ async def _chat_completion(events: AsyncIterator[Delta | Done], *, model: str) -
 
 
 # ----------------------------------------------------------------------------- POST /v1/chat/completions
-def plan_chat(req: ChatCompletionRequest) -> ChatPlan:
-    """Validate a chat request completely before any model is touched (every 4xx comes from here)."""
-    check_n(req.n)
+def plan_chat(req: ChatCompletionRequest, *, truncate: bool = True, shift: bool = True,
+              single_call: bool = False) -> ChatPlan:
+    """Validate a chat request completely before any model is touched (every 4xx comes from here).
+
+    ``truncate``, ``shift`` and ``single_call`` are the :class:`ChatPlan` fields of the same names
+    (the Responses route plans with the first two off)."""
+    check_n(req.n)  # n > 1: one choice, as Ollama answers (logged)
     top_logprobs = top_logprobs_count(req.top_logprobs)
     record = resolve_model(req.model, empty_status=400, empty_message="model is required")
     keep_alive = parse_keep_alive_field(req.keep_alive)
@@ -254,7 +277,8 @@ def plan_chat(req: ChatCompletionRequest) -> ChatPlan:
     })
     return ChatPlan(record=record, messages=messages, tools=tools, think=think, options=options,
                      keep_alive=keep_alive, grammar=grammar, logprobs=bool(req.logprobs) or top_logprobs > 0,
-                     top_logprobs=top_logprobs)
+                     top_logprobs=top_logprobs, truncate=truncate, shift=shift, single_call=single_call,
+                     forced_call=choice.forced)
 
 
 @blueprint.post("/v1/chat/completions")

@@ -11,14 +11,16 @@ import secrets
 from typing import Any, AsyncIterator, Mapping
 
 import attrs
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
 from trillama.actors.runner.messages import Done
 from trillama.actors.structured import FormatError, grammar_for_format
 from trillama.api.completion import coerce_request_options
 from trillama.api.decode import TypeVocabulary, json_type_name
+from trillama.api.context_limit import ContextExceeded, how_to_raise
 from trillama.api.errors import APIError, openai_error_body
 from trillama.api.streaming import json_response, sse_response
+from trillama.logs import get_logger
 
 __all__ = [
     "blueprint",
@@ -38,9 +40,11 @@ __all__ = [
     "sse",
     "OpenAIError",
     "error_body",
+    "context_error",
 ]
 
 blueprint = Blueprint("openai", __name__)
+log = get_logger("trillama.api.openai")
 
 
 @attrs.define(eq=False)
@@ -68,6 +72,25 @@ def error_body(exc: APIError) -> dict[str, Any]:
 async def _openai_error(exc: OpenAIError) -> Response:
     # Only this subclass: every other APIError keeps the app-wide rendering.
     return json_response(error_body(exc), status=exc.status, headers=dict(exc.headers))
+
+def context_error(exc: ContextExceeded, path: str) -> OpenAIError:
+    """A prompt over the context in OpenAI's words and ``code: "context_length_exceeded"``, which
+    agents (Codex, opencode through the AI SDK) match on; both numbers, and how to raise the limit."""
+    if path.startswith("/v1/responses"):
+        message, param = (f"Your input exceeds the context window of this model: {exc.tokens} tokens, the "
+                          f"context window is {exc.limit}."), "input"
+    else:
+        kind, param = ("prompt", "prompt") if path.startswith("/v1/completions") else ("messages", "messages")
+        message = (f"This model's maximum context length is {exc.limit} tokens. However, your {kind} "
+                   f"resulted in {exc.tokens} tokens. Please reduce the length of the {kind}.")
+    message += f" Shorten it or {how_to_raise(exc.limit, exc.trained)}."
+    return OpenAIError(400, message, param=param, code="context_length_exceeded")
+
+
+@blueprint.errorhandler(ContextExceeded)
+async def _context_exceeded(exc: ContextExceeded) -> Response:
+    return json_response(error_body(context_error(exc, request.path)), status=400)
+
 
 SYSTEM_FINGERPRINT = "fp_ollama"
 MAX_TOP_LOGPROBS = 20
@@ -101,9 +124,10 @@ def new_id(prefix: str) -> str:
 
 
 def check_n(n: int | None) -> None:
-    """Refuse ``n`` > 1 loudly: Ollama ignores it and returns one choice, which clients misread."""
+    """``n`` other than 1: one choice is answered, as Ollama does (its OpenAI layer ignores ``n``),
+    so clients that send it work unchanged; the log says so."""
     if n is not None and n != 1:
-        raise APIError(400, f"n={n} is not supported: only one choice per request (n=1)")
+        log.info("openai_n_ignored", n=n, reason="one choice per request, as Ollama answers")
 
 
 def stop_list(stop: Any) -> list[str] | None:

@@ -30,6 +30,7 @@ from trillama.api.openai.common import OpenAIError, blueprint
 from trillama.api.openai.response_store import ResponseStore
 from trillama.api.openai.responses_input import ResponsePlan, ResponsesRequest, plan_response
 from trillama.api.openai.responses_output import ReplyContext, ResponseBuilder, new_response_id
+from trillama.api.provider_tools import HEADER as TOOLS_HEADER, header_value
 from trillama.api.streaming import dumps, json_response
 from trillama.logs import get_logger
 
@@ -67,7 +68,9 @@ def _context(req: ResponsesRequest, plan: ResponsePlan, store: bool) -> ReplyCon
         previous_response_id=req.previous_response_id, store=store, tools=req.tools, tool_choice=plan.tool_choice,
         text=req.text, reasoning=req.reasoning, temperature=req.temperature, top_p=req.top_p,
         max_output_tokens=req.max_output_tokens, parallel_tool_calls=req.parallel_tool_calls,
-        metadata=req.metadata, truncation=req.truncation, user=req.user)
+        metadata=req.metadata, truncation=req.truncation, user=req.user, prompt_cache_key=req.prompt_cache_key,
+        shapes=plan.tools.shapes,
+        encrypted_reasoning=isinstance(req.include, list) and "reasoning.encrypted_content" in req.include)
 
 
 def _keep(store: ResponseStore, builder: ResponseBuilder, plan: ResponsePlan) -> None:
@@ -144,11 +147,15 @@ async def create_response() -> Response:
     deltas = chat_events(plan.chat, timer)
     events = _events(builder, deltas, lambda: _keep(store, builder, plan))
     if req.stream:
-        return await _stream(events, builder)
-    async with aclosing(events):  # type: ignore[type-var]
-        async for _ in events:
-            pass
-    return json_response(builder.response())
+        response = await _stream(events, builder)
+    else:
+        async with aclosing(events):  # type: ignore[type-var]
+            async for _ in events:
+                pass
+        response = json_response(builder.response())
+    if plan.tools.left_out:
+        response.headers[TOOLS_HEADER] = header_value(plan.tools.left_out)
+    return response
 
 
 # ----------------------------------------------------------------------------- GET / DELETE

@@ -22,12 +22,19 @@ import attrs
 
 from trillama.api.openai.chat import ChatCompletionRequest, ChatPlan, plan_chat
 from trillama.api.openai.common import OpenAIError, json_type
+from trillama.api.openai.responses_tools import ResponseTools, flat_name, history_call, response_tools
+from trillama.api.provider_tools import OPENAI_HOSTED
 
 __all__ = ["ResponsesRequest", "ResponsePlan", "input_messages", "listed_items", "chat_tools", "chat_tool_choice",
            "chat_response_format", "plan_response"]
 
 #: Item types this server reads; anything else is a 400 that lists them.
-INPUT_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+INPUT_ITEM_TYPES = ("message", "function_call", "function_call_output", "custom_tool_call",
+                    "custom_tool_call_output", "local_shell_call", "local_shell_call_output", "reasoning",
+                    "web_search_call")
+#: Call items (an earlier answer's tool calls, sent back) and the items answering them.
+_CALL_ITEMS = ("function_call", "custom_tool_call", "local_shell_call")
+_OUTPUT_ITEMS = ("function_call_output", "custom_tool_call_output", "local_shell_call_output")
 _ROLES = ("user", "assistant", "system", "developer")
 
 
@@ -54,6 +61,12 @@ class ResponsesRequest:
     background: bool | None = None
     include: Any = None
     user: str | None = None
+    # Accepted and echoed: the runner's prefix cache needs no key (a conversation resent in full,
+    # as with ``store: false``, reuses its slot's cached prefix anyway).
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    service_tier: str | None = None
+    client_metadata: Any = None
     # Ollama's own knobs, accepted here as on the other /v1 routes.
     options: dict[str, Any] | None = None
     keep_alive: Any = None
@@ -70,6 +83,8 @@ class ResponsePlan:
     tool_choice: Any
     #: this turn's input items as ``GET /v1/responses/{id}/input_items`` lists them
     input_items: list[dict[str, Any]] = attrs.Factory(list)
+    #: the offered tools: how each call goes back (namespace, custom, local shell), what was left out
+    tools: ResponseTools = attrs.Factory(lambda: ResponseTools(None))
 
 
 def _invalid(message: str, param: str | None, code: str | None = "invalid_value") -> OpenAIError:
@@ -186,10 +201,15 @@ def input_messages(raw: Any, known_calls: Sequence[str] = ()) -> list[dict[str, 
                 turn["content"] += _text_only(content)
             else:
                 messages.append({"role": role, "content": content})
-        elif kind == "function_call":
-            call_id = _required_str(item, "call_id", where)
-            name = _required_str(item, "name", where)
-            arguments = item.get("arguments", "")
+        elif kind in _CALL_ITEMS:
+            if kind != "local_shell_call":
+                _required_str(item, "call_id", where)
+                _required_str(item, "name", where)
+            call_id, name, arguments = history_call(item, where)  # type: ignore[misc]
+            call_id = call_id or str(item.get("id") or "")
+            if not call_id:
+                raise _invalid(f"Missing required parameter: '{where}.call_id'.", f"{where}.call_id",
+                               "missing_required_parameter")
             if not isinstance(arguments, str):
                 raise _invalid(f"Invalid type for '{where}.arguments': expected a string of JSON.",
                                f"{where}.arguments", "invalid_type")
@@ -203,8 +223,11 @@ def input_messages(raw: Any, known_calls: Sequence[str] = ()) -> list[dict[str, 
             turn.setdefault("tool_calls", []).append(
                 {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
             calls.add(call_id)
-        elif kind == "function_call_output":
-            call_id = _required_str(item, "call_id", where)
+        elif kind in _OUTPUT_ITEMS:
+            call_id = item.get("call_id") or (item.get("id") if kind == "local_shell_call_output" else None)
+            if not isinstance(call_id, str) or not call_id:
+                raise _invalid(f"Missing required parameter: '{where}.call_id'.", f"{where}.call_id",
+                               "missing_required_parameter")
             if call_id not in calls:
                 raise _invalid(f"No tool call found for function call output with call_id {call_id}.",
                                f"{where}.call_id")
@@ -214,6 +237,8 @@ def input_messages(raw: Any, known_calls: Sequence[str] = ()) -> list[dict[str, 
                                "missing_required_parameter")
             messages.append({"role": "tool", "tool_call_id": call_id,
                              "content": _parts(output, f"{where}.output", assistant=False)})
+        elif kind == "web_search_call":
+            continue  # a hosted tool's call from elsewhere: nothing of it can be shown or run here
         elif kind == "reasoning":
             reasoning += _reasoning_text(item)
         elif kind is None:
@@ -228,7 +253,9 @@ def input_messages(raw: Any, known_calls: Sequence[str] = ()) -> list[dict[str, 
     return messages
 
 
-_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+_ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",
+              "custom_tool_call": "ctc", "custom_tool_call_output": "ctco", "local_shell_call": "lsh",
+              "local_shell_call_output": "lsho"}
 
 
 def listed_items(raw: Any) -> list[dict[str, Any]]:
@@ -259,47 +286,27 @@ def calls_in(conversation: Sequence[Mapping[str, Any]]) -> list[str]:
 
 # ----------------------------------------------------------------------------- tools, tool_choice, text
 def chat_tools(raw: Any) -> list[dict[str, Any]] | None:
-    """Flat Responses function tools → chat tools (``{"type": "function", "function": {...}}``)."""
-    if raw is None:
-        return None
-    if not isinstance(raw, list):
-        raise _invalid(f"Invalid type for 'tools': expected an array, but got {json_type(raw)}.", "tools",
-                       "invalid_type")
-    tools = []
-    for index, tool in enumerate(raw):
-        where = f"tools[{index}]"
-        if not isinstance(tool, Mapping):
-            raise _invalid(f"Invalid type for '{where}': expected an object.", where, "invalid_type")
-        if tool.get("type") != "function":
-            raise _invalid(f"Tool type {json.dumps(tool.get('type'))} is not supported: only 'function' tools are.",
-                           f"{where}.type")
-        name = tool.get("name")
-        if not isinstance(name, str) or not name:
-            raise _invalid(f"Missing required parameter: '{where}.name'.", f"{where}.name",
-                           "missing_required_parameter")
-        parameters = tool.get("parameters")
-        if parameters is not None and not isinstance(parameters, Mapping):
-            raise _invalid(f"Invalid type for '{where}.parameters': expected an object.", f"{where}.parameters",
-                           "invalid_type")
-        function: dict[str, Any] = {"name": name}
-        if isinstance(tool.get("description"), str):
-            function["description"] = tool["description"]
-        if parameters is not None:
-            function["parameters"] = dict(parameters)
-        tools.append({"type": "function", "function": function})
-    return tools
+    """Responses tools → chat tools (see :mod:`.responses_tools` for the kinds and the rule)."""
+    return response_tools(raw).chat
 
 
-def chat_tool_choice(raw: Any) -> Any:
-    """``"none" | "auto" | "required" | {"type": "function", "name": ...}`` → chat's tool_choice."""
+def chat_tool_choice(raw: Any, tools: ResponseTools | None = None) -> Any:
+    """``"none" | "auto" | "required" | {"type": "function" | "custom", "name": ...}`` → chat's
+    tool_choice; a hosted tool is a 400 (it cannot be called here)."""
     if raw is None or raw in ("none", "auto", "required"):
         return raw
-    if isinstance(raw, Mapping) and raw.get("type") == "function":
+    if isinstance(raw, Mapping) and raw.get("type") in ("function", "custom"):
         name = raw.get("name")
         if not isinstance(name, str) or not name:
             raise _invalid("Missing required parameter: 'tool_choice.name'.", "tool_choice.name",
                            "missing_required_parameter")
+        namespace = raw.get("namespace")
+        if isinstance(namespace, str) and namespace:
+            name = flat_name(namespace, name)
         return {"type": "function", "function": {"name": name}}
+    if isinstance(raw, Mapping) and raw.get("type") in OPENAI_HOSTED:
+        raise _invalid(f"tool_choice {json.dumps(raw.get('type'))} names a hosted tool, which runs on the API "
+                       "provider's side and cannot be called here.", "tool_choice.type")
     raise _invalid("Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or "
                    "{\"type\": \"function\", \"name\": ...}.", "tool_choice")
 
@@ -345,18 +352,25 @@ def plan_response(req: ResponsesRequest, history: Sequence[Mapping[str, Any]] = 
         raise _invalid("Invalid type for 'reasoning': expected an object.", "reasoning", "invalid_type")
     if req.metadata is not None and not isinstance(req.metadata, Mapping):
         raise _invalid("Invalid type for 'metadata': expected an object.", "metadata", "invalid_type")
+    if req.text is not None and isinstance(req.text, Mapping) and req.text.get("verbosity") is not None \
+            and req.text.get("verbosity") not in ("low", "medium", "high"):
+        raise _invalid(f"Invalid value: {json.dumps(req.text.get('verbosity'))}. Supported values are: 'low', "
+                       "'medium' and 'high'.", "text.verbosity")
     new = input_messages(req.input, calls_in(history))
     conversation = [dict(m) for m in history] + new
     if not new:
         raise _invalid("Missing required parameter: 'input'.", "input", "missing_required_parameter")
     messages = ([{"role": "system", "content": req.instructions}] if req.instructions else []) + conversation
-    tools = chat_tools(req.tools)
+    tools = response_tools(req.tools)
     chat = ChatCompletionRequest(
-        model=req.model, messages=messages, tools=tools, tool_choice=chat_tool_choice(req.tool_choice),
+        model=req.model, messages=messages, tools=tools.chat, tool_choice=chat_tool_choice(req.tool_choice, tools),
         parallel_tool_calls=req.parallel_tool_calls, response_format=chat_response_format(req.text),
         reasoning={"effort": req.reasoning.get("effort")} if req.reasoning else None,
         max_completion_tokens=req.max_output_tokens, temperature=req.temperature, top_p=req.top_p,
         options=req.options, keep_alive=req.keep_alive)
-    return ResponsePlan(chat=plan_chat(chat), conversation=conversation,
+    # The whole conversation, never truncated, and no context shift while answering: a prompt over
+    # the context is OpenAI's context_length_exceeded, not an answer to a silently cut conversation.
+    planned = plan_chat(chat, truncate=False, shift=False, single_call=req.parallel_tool_calls is False)
+    return ResponsePlan(chat=planned, conversation=conversation,
                         tool_choice=req.tool_choice if req.tool_choice is not None else "auto",
-                        input_items=listed_items(req.input))
+                        input_items=listed_items(req.input), tools=tools)

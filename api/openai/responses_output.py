@@ -4,7 +4,8 @@ One :class:`ResponseBuilder` serves both modes, so a streamed reply's ``response
 non-streamed reply are the same object. It turns the deltas of the chat path into output items in
 the order the model wrote them: a ``reasoning`` item (raw reasoning as ``reasoning_text``
 content: this server shows a local model's thinking, it has no summariser), ``message`` items with
-one ``output_text`` part, and one ``function_call`` item per tool call. Streaming emits, per item,
+one ``output_text`` part, and one item per tool call in its tool's shape (``function_call``, with
+the ``namespace`` for a namespace's function; ``custom_tool_call``; ``local_shell_call``). Streaming emits, per item,
 ``response.output_item.added`` … ``response.output_item.done`` with the part and text (or
 arguments) events between, each numbered by ``sequence_number``, framed by ``response.created`` /
 ``response.in_progress`` and ``response.completed`` (or ``response.incomplete`` when the token
@@ -22,6 +23,7 @@ import attrs
 from trillama.actors.runner.messages import Done
 from trillama.api.errors import APIError
 from trillama.api.openai.chat import Delta
+from trillama.api.openai.responses_tools import CallShape, call_item
 
 __all__ = ["ReplyContext", "ResponseBuilder", "new_response_id", "response_usage"]
 
@@ -55,6 +57,13 @@ class ReplyContext:
     metadata: Any = None
     truncation: str | None = None
     user: str | None = None
+    prompt_cache_key: str | None = None
+    #: how each offered chat function's calls go back (namespace, custom, local shell)
+    shapes: Mapping[str, CallShape] = attrs.Factory(dict)
+    #: ``include: ["reasoning.encrypted_content"]``: reasoning items carry their text there too
+    #: (in the clear: a local model's thinking has nothing to hide), so a client that resends the
+    #: whole conversation (``store: false``) gives it back
+    encrypted_reasoning: bool = False
 
 
 def response_usage(done: Done) -> dict[str, Any]:
@@ -106,7 +115,7 @@ class ResponseBuilder:
             "max_output_tokens": ctx.max_output_tokens, "max_tool_calls": None, "model": ctx.model,
             "output": [dict(item) for item in self.output],
             "parallel_tool_calls": ctx.parallel_tool_calls if ctx.parallel_tool_calls is not None else True,
-            "previous_response_id": ctx.previous_response_id, "prompt_cache_key": None,
+            "previous_response_id": ctx.previous_response_id, "prompt_cache_key": ctx.prompt_cache_key,
             "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
             "safety_identifier": None, "service_tier": "default", "store": ctx.store,
             "temperature": ctx.temperature if ctx.temperature is not None else 1.0,
@@ -227,25 +236,51 @@ class ResponseBuilder:
             done = self._event("response.reasoning_text.done", item_id=item["id"], output_index=index,
                                content_index=0, text=text)
         final = {**item, "status": status, "content": [part]}
+        events = [done, self._event("response.content_part.done", item_id=item["id"], output_index=index,
+                                    content_index=0, part=part)]
+        if kind == "reasoning":
+            if self.ctx.encrypted_reasoning:
+                final["encrypted_content"] = text
+            if self._summarised():
+                # No summariser here: the thinking itself is the summary a client asked for.
+                summary = {"type": "summary_text", "text": text}
+                final["summary"] = [summary]
+                events += [self._event("response.reasoning_summary_part.added", item_id=item["id"],
+                                       output_index=index, summary_index=0, part={"type": "summary_text", "text": ""}),
+                           self._event("response.reasoning_summary_text.delta", item_id=item["id"],
+                                       output_index=index, summary_index=0, delta=text),
+                           self._event("response.reasoning_summary_text.done", item_id=item["id"],
+                                       output_index=index, summary_index=0, text=text),
+                           self._event("response.reasoning_summary_part.done", item_id=item["id"],
+                                       output_index=index, summary_index=0, part=summary)]
         self.output.append(final)
-        return [done,
-                self._event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
-                            part=part),
-                self._event("response.output_item.done", output_index=index, item=final)]
+        return events + [self._event("response.output_item.done", output_index=index, item=final)]
+
+    def _summarised(self) -> bool:
+        reasoning = self.ctx.reasoning if isinstance(self.ctx.reasoning, Mapping) else {}
+        return reasoning.get("summary") in ("auto", "concise", "detailed")
 
     def _function_call(self, call: Mapping[str, Any]) -> list[dict[str, Any]]:
         fn = call["function"]
-        item = {"id": _item_id("fc"), "type": "function_call", "status": "in_progress",
-                "call_id": call.get("id") or _item_id("call"), "name": fn["name"], "arguments": ""}
         arguments = fn.get("arguments") or "{}"
-        final = {**item, "status": "completed", "arguments": arguments}
+        final = call_item(call.get("id") or _item_id("call"), fn["name"], arguments, self.ctx.shapes)
+        item = {**final, "status": "in_progress"}
         self._calls.append({"id": final["call_id"], "type": "function",
                             "function": {"name": fn["name"], "arguments": arguments}})
         index = len(self.output)
         self.output.append(final)
-        return [self._event("response.output_item.added", output_index=index, item=item),
-                self._event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
-                            delta=arguments),
-                self._event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                            name=fn["name"], arguments=arguments),
-                self._event("response.output_item.done", output_index=index, item=final)]
+        events = [self._event("response.output_item.added", output_index=index, item=item)]
+        if final["type"] == "function_call":
+            item["arguments"] = ""
+            events += [self._event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                                   delta=arguments),
+                       self._event("response.function_call_arguments.done", item_id=item["id"],
+                                   output_index=index, name=final["name"], arguments=arguments)]
+        elif final["type"] == "custom_tool_call":
+            item["input"] = ""
+            events += [self._event("response.custom_tool_call_input.delta", item_id=item["id"], output_index=index,
+                                   delta=final["input"]),
+                       self._event("response.custom_tool_call_input.done", item_id=item["id"],
+                                   output_index=index, input=final["input"])]
+        events.append(self._event("response.output_item.done", output_index=index, item=final))
+        return events

@@ -71,7 +71,8 @@ def print_version() -> int:
     server = ""
     try:
         with httpx.Client(base_url=base_url(), timeout=10, headers=auth_headers()) as client:
-            server = client.get("/api/version").json().get("version", "")
+            answer = client.get("/api/version").json()
+            server = answer.get("trillama_version") or answer.get("version", "")
     except (httpx.HTTPError, ValueError):
         print("Warning: could not connect to a running Ollama instance")
     if server:
