@@ -54,7 +54,7 @@ OPEN = "open"
 ANY_KEY = "any key"
 
 _OPEN_RULES = frozenset({"/", "/health", "/ready"})
-_ANY_KEY_RULES = frozenset({"/api/version"})
+_ANY_KEY_RULES = frozenset({"/api/version", "/api/hello"})
 _INFERENCE_RULES = frozenset({"/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/tags",
                               "/api/show", "/api/ps"})
 _MANAGE_RULES = frozenset({"/api/create", "/api/copy", "/api/delete", "/api/pull", "/api/push",

@@ -262,7 +262,7 @@ def test_failed_authentication_brake_per_address() -> None:
 #: Every route of the app and what it needs. A route added later fails this test until someone
 #: decides who may use it (until then it needs ``admin``).
 EXPECTED_SCOPES = {
-    "/": OPEN, "/health": OPEN, "/ready": OPEN, "/api/version": ANY_KEY,
+    "/": OPEN, "/health": OPEN, "/ready": OPEN, "/api/version": ANY_KEY, "/api/hello": ANY_KEY,
     "/api/generate": "inference", "/api/chat": "inference", "/api/embed": "inference",
     "/api/embeddings": "inference", "/api/tags": "inference", "/api/show": "inference", "/api/ps": "inference",
     "/api/create": "manage", "/api/copy": "manage", "/api/delete": "manage", "/api/pull": "manage",
