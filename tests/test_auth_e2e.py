@@ -376,8 +376,8 @@ def test_concurrency_limit_gives_429_with_retry_after(keyed: Keyed) -> None:
     base, port = keyed.server.base_url, keyed.server.port
     # A request that stays in flight as long as the test wants: its body is announced and never
     # finished (the key's limit admits a request when its headers arrive).
-    body = json.dumps({"model": SMOL, "prompt": "Hi", "stream": False}).encode()
-    held = socket.create_connection(("127.0.0.1", port))
+    body = json.dumps({"model": SMOL, "prompt": "Hi", "stream": False, "options": {"num_predict": 8}}).encode()
+    held = socket.create_connection(("127.0.0.1", port), timeout=120)
     held.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  + f"Authorization: Bearer {keyed.key('conc')}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
                  + body[:10])
