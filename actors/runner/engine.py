@@ -39,17 +39,19 @@ import attrs
 import llama_cpp as L
 
 from trillama.actors.runner import protocol as P
-from trillama.actors.runner.drafting import DEFAULT_DRAFT_MAX, MAX_DRAFT_MAX, Drafter, RowCost, plan_drafts
+from trillama.actors.runner.drafting import DEFAULT_DRAFT_MAX, MAX_DRAFT_MAX, Drafter, RowCost
 from trillama.actors.runner.embedding import ContextExceeded, Embedder
 from trillama.actors.runner.logprobs import token_logprob_entry
 from trillama.actors.runner.media import ImageSpan, MediaError, MediaPrompt, Vision
 from trillama.actors.runner.messages import PROMPT_TOO_LONG, GenerateJob
 from trillama.actors.runner.native import Batch, Model
 from trillama.actors.runner.sampling import GrammarError, SamplerChain, build_chain
+from trillama.actors.runner.slots import Slot, best_free_slot
 from trillama.actors.runner.textstream import TextStream
+from trillama.actors.runner.verification import DraftVerifier
 from trillama.logs import get_logger
 
-__all__ = ["Engine", "JobError", "Job", "Slot", "common_prefix"]
+__all__ = ["Engine", "JobError", "Job"]
 
 log = get_logger("trillama.runner.engine")
 
@@ -107,30 +109,6 @@ class Job:
             self.media = None
 
 
-@attrs.define(eq=False)
-class Slot:
-    """One sequence of the shared context; ``cached[i]`` is the token at KV position ``i``."""
-
-    seq: int
-    cached: list[int] = attrs.Factory(list)
-    job: Job | None = None
-    last_used: int = 0
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:  # the usual case for a chat's next turn, compared in C
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]; halve with slice compares (in C)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
 class Engine:
     """Owns the generation context and its slots. Call :meth:`run` on the decode thread."""
 
@@ -166,8 +144,7 @@ class Engine:
         # Rejected drafts are cut off the sequence's tail; a recurrent memory cannot do that.
         self.can_draft = not (L.llama_model_is_recurrent(model.ptr) or L.llama_model_is_hybrid(model.ptr))
         self.row_cost = RowCost()
-        self.drafted = 0  # draft tokens put in batches, all jobs
-        self.draft_accepted = 0  # of which the model confirmed
+        self.verifier = DraftVerifier(self.mem, self._sample)
 
     # ------------------------------------------------------------------ called from other threads
     def submit(self, command: tuple) -> None:
@@ -371,14 +348,8 @@ class Engine:
                 return
             job = self.queue.popleft()
             prompt = job.prompt
-            best, best_key = None, None
-            for slot in free:
-                k = common_prefix(slot.cached, prompt)
-                key = (k, not slot.cached, -slot.last_used)
-                if best_key is None or key > best_key:
-                    best, best_key = slot, key
-            slot = best
-            k = min(best_key[0], len(prompt) - 1)  # re-decode >= 1 token: its logits are needed
+            slot, k = best_free_slot(free, prompt)
+            k = min(k, len(prompt) - 1)  # re-decode >= 1 token: its logits are needed
             for span in job.spans:  # an image is decoded whole or not at all
                 if span.start < k < span.start + span.n_pos:
                     k = span.start
@@ -457,7 +428,7 @@ class Engine:
                     break
         rows = 0
         if budget > 0 and generating and self.can_draft:
-            rows = self._plan_drafts(generating, budget, shared=len(generating) > 1 or bool(chunk))
+            rows = self.verifier.plan(generating, budget, len(generating) > 1 or bool(chunk), self.row_cost)
         # Written in sequence-id order. With one KV stream per slot, llama.cpp puts into one
         # micro-batch only sequences whose ids increase by one in batch order; any other order
         # (slots taken 2, 0, 3, 1 by prefix reuse) splits every step into several decodes.
@@ -516,7 +487,7 @@ class Engine:
             if not job.t_first:
                 now = now or time.monotonic_ns()
             if job.draft:
-                self._verify(slot, job, i, events, now)
+                self.verifier.verify(slot, job, i, events, now)
             else:
                 self._sample(slot, i, events, now)
 
@@ -558,56 +529,6 @@ class Engine:
             else:
                 events.append([P.EV_PIECE, job.job_id, text, None])
         job.last = tok
-
-    def _plan_drafts(self, generating: list[Slot], budget: int, shared: bool) -> int:
-        """Give generating slots draft tokens out of the ``budget`` that real tokens left over
-        (:func:`.drafting.plan_drafts` decides); returns the draft rows.
-
-        A draft may not reach past the job's context or its ``num_predict``: the step yields up
-        to one token more than it drafts.
-        """
-        candidates = [
-            (slot.job.drafter,
-             min(slot.job.limit - len(slot.cached) - 1, slot.job.max_new - len(slot.job.generated) - 1),
-             slot.job.last)
-            for slot in generating
-        ]
-        rows = 0
-        for slot, draft in zip(generating, plan_drafts(candidates, budget, shared, self.row_cost)):
-            slot.job.draft = draft
-            rows += len(draft)
-        return rows
-
-    def _verify(self, slot: Slot, job: Job, i: int, events: list, now: int) -> None:
-        """Sample row after row while the sampled token is the drafted one; drop the rest.
-
-        Row ``i`` holds the logits after ``job.last``, row ``i + m + 1`` those after draft token
-        ``m``. Each row is sampled with the job's own chain exactly as without drafts (the chain
-        accepts only sampled tokens, and the random stream advances once per generated token), so
-        greedy and seeded output are token-for-token what they would have been. For sampling this
-        is the speculative acceptance rule with a point-mass draft: the draft survives with
-        probability p(draft), and a rejection leaves a token drawn from p without it.
-        """
-        draft, job.draft = job.draft, []
-        drafter = job.drafter
-        drafter.drafted += len(draft)
-        self.drafted += len(draft)  # counted first: the job may finish (and log) mid-draft
-        start = len(slot.cached) - len(draft)  # KV position of the first draft token
-        accepted = 0
-        for m, tok in enumerate(draft):
-            self._sample(slot, i + m, events, now)
-            if slot.job is not job or job.last != tok:
-                break
-            accepted += 1
-            drafter.accepted += 1
-            self.draft_accepted += 1
-        else:
-            self._sample(slot, i + len(draft), events, now)
-        keep = start + accepted
-        if keep < len(slot.cached):
-            L.llama_memory_seq_rm(self.mem, slot.seq, keep, -1)
-            del slot.cached[keep:]
-        drafter.verified(len(draft), accepted)
 
     def _decode_one_image(self, events: list) -> None:
         """Encode and decode the next image of the oldest job that is waiting on one.
@@ -673,7 +594,7 @@ class Engine:
         if drafter is not None and drafter.drafted:
             log.info("job_drafts", job_id=job.job_id, seq=slot.seq, eval_count=len(job.generated),
                      drafted=drafter.drafted, accepted=drafter.accepted,
-                     runner_drafted=self.drafted, runner_accepted=self.draft_accepted)
+                     runner_drafted=self.verifier.drafted, runner_accepted=self.verifier.accepted)
         self._release(slot)
 
     def _decode_failed(self, rc: int, events: list) -> None:
