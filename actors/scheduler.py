@@ -87,6 +87,9 @@ class Scheduler:
                              adaptive=settings.num_threads == 0)
         #: actors whose thread count a request or Modelfile asked for: never lowered for neighbours
         self._pinned: set[ModelActor] = set()
+        #: bytes each runner's prompt cache may hold: reserved in the memory ledger, lowered under
+        #: memory pressure before any model is evicted (:meth:`_shrink_caches`)
+        self._cache_limits: dict[ModelActor, int] = {}
 
     # ------------------------------------------------------------------ lifetime
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -275,6 +278,8 @@ class Scheduler:
                 "num_ctx": actor.num_ctx, "num_parallel": actor.options.num_parallel,
                 "refcount": actor.refcount, "queued": actor.pending, "slots": slots,
                 "threads": threads,
+                "prompt_cache": {**(actor.runner.cache_stats if actor.runner is not None else {}),
+                                 "reserved": self._cache_limits.get(actor, 0)},
             })
         return out
 
@@ -360,6 +365,10 @@ class Scheduler:
             adapters=tuple(Path(p) for p in record.adapter_paths),
             # Ollama takes one projector per model; a second one in a manifest is ignored there too
             projector=Path(record.projector_paths[0]) if record.projector_paths else None,
+            prompt_cache_bytes=self.prompt_cache_budget(),
+            prompt_cache_dir=(self.settings.models_dir / "cache" / "prompts"
+                              if self.settings.prompt_cache_disk > 0 else None),
+            prompt_cache_disk_bytes=self.settings.prompt_cache_disk,
         )
         actor = ModelActor(
             key=key,
@@ -377,6 +386,7 @@ class Scheduler:
             on_busy=self._share_threads,
         )
         self._actors.append(actor)
+        self._cache_limits[actor] = spec.prompt_cache_bytes
         self._nursery.start_soon(self._lifecycle, actor)
         log.info("model_queued_for_load", model=actor.name, num_ctx=wanted.num_ctx,
                  num_parallel=wanted.num_parallel, estimate=est.total)
@@ -433,6 +443,7 @@ class Scheduler:
                 self._load_lock.release()
             if actor in self._actors:
                 self._actors.remove(actor)
+            self._cache_limits.pop(actor, None)
             actor.mark_stopped()
             log.info("model_unloaded", model=actor.name, reason=actor.stop_reason or actor.state)
             self._notify()
@@ -449,8 +460,8 @@ class Scheduler:
         if gpus and others and actor.options.num_gpu < 0 and placement.n_gpu_layers < actor.estimate.layers + 1:
             # With other models loaded, a new one must fit on the GPU entirely, or they make room.
             return False
-        host_need = placement.size - placement.size_vram
-        host_used = sum(o.placement.size - o.placement.size_vram for o in others)
+        host_need = placement.size - placement.size_vram + self._cache_limits.get(actor, 0)
+        host_used = sum(o.placement.size - o.placement.size_vram + self._cache_limits.get(o, 0) for o in others)
         limit = self.settings.memory_limit
         if limit and host_used + host_need > limit:
             return False
@@ -476,6 +487,8 @@ class Scheduler:
                     f"model requires more system memory ({_human(need)}) than is available "
                     f"({_human(available)})"
                 )
+            if not over_count and await self._shrink_caches(actor, others, ram):
+                continue
             victim = self._pick_victim(others)
             if victim is not None:
                 log.info("model_evicted", model=victim.name, for_model=actor.name,
@@ -486,6 +499,58 @@ class Scheduler:
             # Everything loaded is busy: wait until something becomes idle or goes away.
             changed = self._changed
             await changed.wait()
+
+    def prompt_cache_budget(self) -> int:
+        """``TRILLAMA_PROMPT_CACHE`` for each runner; by default an eighth of RAM, at most 8 GiB."""
+        from trillama.actors.runner.prompt_cache import default_limit
+
+        if self.settings.prompt_cache >= 0:
+            return self.settings.prompt_cache
+        import psutil
+
+        return default_limit(psutil.virtual_memory().total)
+
+    def cache_limits(self) -> dict[str, int]:
+        """Each loaded model's prompt-cache reservation (``/api/runners``)."""
+        return {a.name: limit for a, limit in self._cache_limits.items()}
+
+    async def _shrink_caches(self, actor: ModelActor, others: list[ModelActor], ram: Device) -> bool:
+        """Make room for ``actor`` by lowering prompt-cache reservations instead of evicting.
+
+        Saved prompt states are the cheapest memory to give back: losing one costs a prefill,
+        evicting a model costs a reload and every state it had. The new model's own reservation
+        goes first, then the other runners' (largest first), each down to zero if need be; a
+        runner told a lower bound drops its least recently used states at once. Returns whether
+        anything was lowered (the caller checks the fit again).
+        """
+        wanted = self._cache_limits.get(actor, 0)
+        reserved = [(o, self._cache_limits.get(o, 0)) for o in others if self._cache_limits.get(o, 0) > 0]
+        if wanted <= 0 and not reserved:
+            return False
+        host_used = sum(o.placement.size - o.placement.size_vram + self._cache_limits.get(o, 0) for o in others)
+        need = actor.estimate.total + wanted
+        room = ram.free
+        limit = self.settings.memory_limit
+        over = max(host_used + need - limit if limit else 0, need - room)
+        if over <= 0:
+            return False
+        cut = min(wanted, over)
+        self._cache_limits[actor] = wanted - cut
+        actor.spec = attrs.evolve(actor.spec, prompt_cache_bytes=wanted - cut)
+        over -= cut
+        for other, have in sorted(reserved, key=lambda pair: -pair[1]):
+            if over <= 0:
+                break
+            cut = min(have, over)
+            self._cache_limits[other] = have - cut
+            over -= cut
+            log.info("prompt_cache_shrunk", model=other.name, limit=have - cut, for_model=actor.name)
+            if other.runner is not None and not other.runner.died.is_set():
+                try:
+                    await other.runner.set_cache_limit(have - cut)
+                except Exception as exc:  # a runner dying under the question frees its memory anyway
+                    log.info("prompt_cache_shrink_failed", model=other.name, error=str(exc))
+        return True
 
     @staticmethod
     def _pick_victim(candidates: list[ModelActor]) -> ModelActor | None:

@@ -121,7 +121,7 @@ def test_a_second_session_copies_the_shared_prefix_from_the_first_sessions_slot(
 
 
 def test_sessions_that_start_together_compute_their_shared_prefix_once(gemma):
-    system = words(2, 400)
+    system = words(2, 1000)  # more than one step of prefill: the others arrive while it runs
     prompts = {f"s{i}": system + f" question number {i} about {words(10 + i, 3)}" for i in range(3)}
     for job_id, prompt in prompts.items():
         gemma.submit(job_id, prompt)

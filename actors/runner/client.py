@@ -387,6 +387,7 @@ class Runner:
                 self._deliver(handle, Piece(event[2], event[3]))
         elif tag == P.EV_DONE:
             handle = self._jobs.pop(event[1], None)
+            self.cache_stats["bytes"] = event[2].get("cache_bytes", 0)
             if handle is not None:
                 self._deliver(handle, Done(**event[2]))
                 handle._end()
