@@ -106,3 +106,31 @@ def test_a_session_whose_slot_was_taken_gets_its_prefix_back_from_the_cache(star
         metrics = client.get("/metrics").text
         assert metric(metrics, "trillama_prompt_cache_hits_total", model=model, tier=tier) == 1
         assert metric(metrics, "trillama_prompt_cache_bytes", model=model, tier="ram") > 0
+
+
+def test_under_memory_pressure_the_prompt_cache_shrinks_before_a_model_is_evicted(start_server):
+    def load(client, model):
+        r = client.post("/api/generate", json={"model": model, "prompt": "hi", "stream": False,
+                                                "options": {"num_predict": 1}})
+        assert r.status_code == 200, r.text
+
+    plain = start_server({"TRILLAMA_PROMPT_CACHE": "0"})
+    with plain.client() as client:
+        load(client, "smollm2:135m")
+        load(client, "gemma3:270m")
+        sizes = {m["name"]: m["size"] for m in client.get("/api/ps").json()["models"]}
+    plain.stop()
+    cache = 512 * 2**20
+    # Room for both models and half of one cache: the second load must take it from the caches.
+    limit = sizes["smollm2:135m"] + sizes["gemma3:270m"] + cache // 2
+    server = start_server({"TRILLAMA_PROMPT_CACHE": str(cache), "TRILLAMA_MEMORY_LIMIT": str(limit)})
+    with server.client() as client:
+        load(client, "smollm2:135m")
+        reserved = {r["name"]: r["prompt_cache"]["reserved"] for r in client.get("/api/runners").json()["runners"]}
+        assert reserved == {"smollm2:135m": cache}
+        load(client, "gemma3:270m")
+        assert sorted(m["name"] for m in client.get("/api/ps").json()["models"]) == ["gemma3:270m", "smollm2:135m"]
+        reserved = {r["name"]: r["prompt_cache"]["reserved"] for r in client.get("/api/runners").json()["runners"]}
+        assert reserved["smollm2:135m"] + reserved["gemma3:270m"] <= cache // 2
+        assert reserved["smollm2:135m"] < cache
+    assert "model_evicted" not in server.log_text()
