@@ -365,6 +365,7 @@ class Scheduler:
             adapters=tuple(Path(p) for p in record.adapter_paths),
             # Ollama takes one projector per model; a second one in a manifest is ignored there too
             projector=Path(record.projector_paths[0]) if record.projector_paths else None,
+            share_prefixes=self.settings.prompt_cache != 0,
             prompt_cache_bytes=self.prompt_cache_budget(),
             prompt_cache_dir=(self.settings.models_dir / "cache" / "prompts"
                               if self.settings.prompt_cache_disk > 0 else None),

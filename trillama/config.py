@@ -221,7 +221,8 @@ class Settings:
     #: trillama: cap on the memory the scheduler may hand out (bytes); 0 = what the machine has.
     memory_limit: int = 0
     #: trillama: bytes of saved prompt states all runners together keep in RAM (``TRILLAMA_PROMPT_CACHE``);
-    #: -1 = an eighth of the machine's memory, at most 8 GiB; 0 = none.
+    #: -1 = an eighth of the machine's memory, at most 8 GiB; 0 = none, and no prefix taken from another
+    #: slot either (each slot reuses only its own tokens, as before issue 22).
     prompt_cache: int = -1
     #: trillama: bytes of saved prompt states kept on disk under ``OLLAMA_MODELS/cache/prompts``
     #: (``TRILLAMA_PROMPT_CACHE_DISK``), surviving reloads and restarts; 0 = no disk tier.

@@ -71,6 +71,8 @@ class RunnerSpec:
     )
     #: the vision projector (mmproj GGUF) that lets the model see images, if it has one
     projector: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    #: take prefixes from other slots and the prompt cache (False: each slot reuses only its own)
+    share_prefixes: bool = True
     #: bytes of saved sequence states the runner keeps in RAM (0: no prompt cache)
     prompt_cache_bytes: int = 0
     #: where saved states also go, to survive reloads and restarts (None: no disk tier)

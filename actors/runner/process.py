@@ -132,7 +132,7 @@ def _prompt_cache(spec, llama_cpp, log):
     """The runner's prompt cache from its spec: RAM tier, and the disk tier if it has a folder."""
     from trillama.actors.runner.prompt_cache import DiskTier, PromptCache, namespace
 
-    if spec.prompt_cache_bytes <= 0 and spec.prompt_cache_dir is None:
+    if not spec.share_prefixes or (spec.prompt_cache_bytes <= 0 and spec.prompt_cache_dir is None):
         return None
     disk = None
     if spec.prompt_cache_dir is not None and spec.prompt_cache_disk_bytes > 0:
@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         emit=writer.send,
         vision=vision,
     )
+    if not spec.share_prefixes:
+        engine.can_copy = False
     facts = {
         "n_ctx": spec.n_ctx,
         "n_ctx_train": model.n_ctx_train,
