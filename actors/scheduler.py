@@ -90,6 +90,8 @@ class Scheduler:
         #: bytes each runner's prompt cache may hold: reserved in the memory ledger, lowered under
         #: memory pressure before any model is evicted (:meth:`_shrink_caches`)
         self._cache_limits: dict[ModelActor, int] = {}
+        #: what a model with parking streams would cost without them (dropped under pressure)
+        self._plain_estimates: dict[ModelActor, Any] = {}
 
     # ------------------------------------------------------------------ lifetime
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -352,6 +354,27 @@ class Scheduler:
             kv_cache_type=wanted.kv_cache_type,
             flash_attention=bool(wanted.flash_attention),
         )
+        # Models with sliding-window layers cannot restore saved states exactly: their prompt
+        # cache is spare KV streams instead (as many as the budget pays for, at most 2 per slot).
+        budget = self.prompt_cache_budget() if self.settings.prompt_cache != 0 else 0
+        swa = int(info.arch_key("attention.sliding_window") or 0) if hasattr(info, "arch_key") else 0
+        n_park = 0
+        if budget and swa > 0 and wanted.num_parallel > 1:
+            per_stream = max(1, est.kv_cache // wanted.num_parallel)
+            n_park = max(0, min(budget // per_stream, 2 * wanted.num_parallel, 256 - wanted.num_parallel))
+        plain_est = est
+        if n_park:
+            est = estimate(
+                info,
+                file_bytes=Path(record.model_path).stat().st_size,
+                extra_bytes=extra,
+                num_ctx=wanted.num_ctx,
+                num_parallel=wanted.num_parallel + n_park,
+                num_batch=wanted.num_batch,
+                n_vocab=int(getattr(info, "vocab_size", 0) or 32000),
+                kv_cache_type=wanted.kv_cache_type,
+                flash_attention=bool(wanted.flash_attention),
+            )
         spec = RunnerSpec(
             model_path=Path(record.model_path),
             n_ctx=wanted.num_ctx,
@@ -366,7 +389,8 @@ class Scheduler:
             # Ollama takes one projector per model; a second one in a manifest is ignored there too
             projector=Path(record.projector_paths[0]) if record.projector_paths else None,
             share_prefixes=self.settings.prompt_cache != 0,
-            prompt_cache_bytes=self.prompt_cache_budget(),
+            prompt_cache_bytes=0 if swa > 0 else budget,
+            n_park=n_park,
             prompt_cache_dir=(self.settings.models_dir / "cache" / "prompts"
                               if self.settings.prompt_cache_disk > 0 else None),
             prompt_cache_disk_bytes=self.settings.prompt_cache_disk,
@@ -388,6 +412,8 @@ class Scheduler:
         )
         self._actors.append(actor)
         self._cache_limits[actor] = spec.prompt_cache_bytes
+        if n_park:
+            self._plain_estimates[actor] = plain_est
         self._nursery.start_soon(self._lifecycle, actor)
         log.info("model_queued_for_load", model=actor.name, num_ctx=wanted.num_ctx,
                  num_parallel=wanted.num_parallel, estimate=est.total)
@@ -445,6 +471,7 @@ class Scheduler:
             if actor in self._actors:
                 self._actors.remove(actor)
             self._cache_limits.pop(actor, None)
+            self._plain_estimates.pop(actor, None)
             actor.mark_stopped()
             log.info("model_unloaded", model=actor.name, reason=actor.stop_reason or actor.state)
             self._notify()
@@ -481,6 +508,8 @@ class Scheduler:
             over_count = len(others) >= self.settings.effective_max_loaded_models
             if not over_count and self._budget_fits(actor, others, ram, gpus):
                 return
+            if not over_count and await self._shrink_caches(actor, others, ram):
+                continue
             if not others:
                 need = actor.estimate.total
                 available = min(limit, ram.free) if limit else ram.free
@@ -488,8 +517,6 @@ class Scheduler:
                     f"model requires more system memory ({_human(need)}) than is available "
                     f"({_human(available)})"
                 )
-            if not over_count and await self._shrink_caches(actor, others, ram):
-                continue
             victim = self._pick_victim(others)
             if victim is not None:
                 log.info("model_evicted", model=victim.name, for_model=actor.name,
@@ -521,9 +548,16 @@ class Scheduler:
         Saved prompt states are the cheapest memory to give back: losing one costs a prefill,
         evicting a model costs a reload and every state it had. The new model's own reservation
         goes first, then the other runners' (largest first), each down to zero if need be; a
-        runner told a lower bound drops its least recently used states at once. Returns whether
+        runner told a lower bound drops its least recently used states at once. A model loading with
+        parking streams (see :meth:`_new_actor`) loads without them first. Returns whether
         anything was lowered (the caller checks the fit again).
         """
+        plain = self._plain_estimates.pop(actor, None)
+        if plain is not None:  # the new model's parking streams go first
+            log.info("prompt_cache_parking_dropped", model=actor.name, streams=actor.spec.n_park)
+            actor.estimate = plain
+            actor.spec = attrs.evolve(actor.spec, n_park=0)
+            return True
         wanted = self._cache_limits.get(actor, 0)
         reserved = [(o, self._cache_limits.get(o, 0)) for o in others if self._cache_limits.get(o, 0) > 0]
         if wanted <= 0 and not reserved:

@@ -52,6 +52,8 @@ class _SchedulerCollector:
                 if stats.get("enabled"):
                     cache.add_metric([actor.name, "ram"], stats.get("bytes", 0))
                     cache_entries.add_metric([actor.name, "ram"], stats.get("entries", 0))
+                    if "park_entries" in stats:
+                        cache_entries.add_metric([actor.name, "park"], stats["park_entries"])
                     if "disk_bytes" in stats:
                         cache.add_metric([actor.name, "disk"], stats["disk_bytes"])
                         cache_entries.add_metric([actor.name, "disk"], stats.get("disk_entries", 0))

@@ -125,3 +125,21 @@ def test_unfinished_writes_are_cleaned_and_the_disk_bound_holds(tmp_path):
     assert disk.bytes <= disk.limit
     assert len(list(tmp_path.glob("*.bin"))) == 2
     assert not disk.covers(seq(0)) and disk.covers(seq(1000)) and disk.covers(seq(2000))  # oldest out
+
+
+def test_parked_streams_take_an_empty_stream_then_the_least_recently_used():
+    from trillama.actors.runner.prompt_cache import ParkedStreams
+
+    park = ParkedStreams([4, 5])
+    a, b, c = seq(0), seq(1000), seq(2000)
+    first = park.stream_for(a, busy=set())
+    park.record(first, a)
+    second = park.stream_for(b, busy=set())
+    assert second != first  # an empty stream before an occupied one
+    park.record(second, b)
+    park.hit(first)  # a is now the more recently used
+    assert park.stream_for(c, busy=set()) == second
+    assert park.stream_for(a + [1, 2], busy=set()) == first  # a continuation replaces its prefix
+    assert park.stream_for(c, busy={4, 5}) is None
+    assert park.best(b[:50] + [7]) == (second, 50) and park.covers(a[:10]) and not park.covers(c)
+    assert park.stats()["park_entries"] == 2 and park.stats()["hits_park"] == 1

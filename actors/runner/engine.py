@@ -46,7 +46,7 @@ from trillama.actors.runner.logprobs import token_logprob_entry
 from trillama.actors.runner.media import ImageSpan, MediaError, MediaPrompt, Vision
 from trillama.actors.runner.messages import PROMPT_TOO_LONG, GenerateJob
 from trillama.actors.runner.native import Batch, Model
-from trillama.actors.runner.prompt_cache import MIN_ENTRY_TOKENS, PromptCache
+from trillama.actors.runner.prompt_cache import MIN_ENTRY_TOKENS, ParkedStreams, PromptCache
 from trillama.actors.runner.sampling import GrammarError, SamplerChain, build_chain
 from trillama.actors.runner.slots import Slot, best_free_slot, common_prefix
 from trillama.actors.runner.textstream import TextStream
@@ -140,6 +140,7 @@ class Engine:
         emit: Callable[[list], None],
         vision: Vision | None = None,
         cache: PromptCache | None = None,
+        n_park: int = 0,
     ) -> None:
         self.model = model
         self.vision = vision
@@ -170,7 +171,10 @@ class Engine:
         # gemma3: logits off by up to 0.74 after a restore, bit-identical for SmolLM2).
         self.n_swa = int(L.llama_model_n_swa(model.ptr))
         self.cache = cache if (cache is not None and self.can_copy and self.n_swa == 0) else None
-        self.reuse_counts = {"slot": 0, "copy": 0, "ram": 0, "disk": 0}  # jobs, by source
+        # ... those models park sequences in spare KV streams instead (exact: it is a copy).
+        self.parking = (ParkedStreams(range(n_parallel, n_parallel + n_park))
+                        if n_park > 0 and self.can_copy and self.cache is None else None)
+        self.reuse_counts = {"slot": 0, "copy": 0, "park": 0, "ram": 0, "disk": 0}  # jobs, by source
         self.tokens_reused = 0
         self.tokens_computed = 0
         self._copied: set[int] = set()  # sequences a copy touched since the last decode
@@ -409,7 +413,7 @@ class Engine:
                 # Another session's history starts with our prefix (the shared system prompt):
                 # copy the prefix out instead of cutting that history short.
                 plan = ("copy", slot)
-            if plan is not None and plan[0] in ("copy", "ram", "disk", "follow"):
+            if plan is not None:
                 target = self._target_slot(free, plan)
                 if target is None:  # the slots involved are in a copy already: next step
                     return
@@ -427,6 +431,9 @@ class Engine:
                 log.debug("job_follows", job_id=job.job_id, seq=slot.seq, leader=leader.seq, upto=upto)
             elif plan[0] == "copy":
                 self._copy_into(slot, plan[1], job)
+            elif plan[0] == "park":
+                self.parking.hit(plan[1])
+                self._copy_seq(slot, plan[1], self.parking.tokens(plan[1]), job, "park")
             else:
                 if not self._restore_into(slot, plan[1], job):
                     self._take_in_place(slot, job, common_prefix(slot.cached, prompt))
@@ -450,6 +457,10 @@ class Engine:
             entry, k = self.cache.best(prompt)
             if entry is not None and min(k, usable) > best_k:
                 best, best_k = (entry.tier, entry), min(k, usable)
+        if self.parking is not None:
+            seq, k = self.parking.best(prompt)
+            if seq is not None and min(k, usable) > best_k:
+                best, best_k = ("park", seq), min(k, usable)
         if self.can_copy:
             have = max(best_k, k_here)
             for other in self.active:
@@ -466,6 +477,8 @@ class Engine:
         source = plan[1] if plan[0] in ("copy", "follow") else None
         candidates = [s for s in free if s is not source and s.seq not in self._copied]
         if source is not None and source.seq in self._copied:
+            return None
+        if plan[0] == "park" and plan[1] in self._copied:
             return None
         if not candidates:
             return None
@@ -503,17 +516,20 @@ class Engine:
         With one KV stream per slot llama.cpp copies the whole stream (it does so before the next
         decode; nothing may touch either stream in between, hence ``_copied``).
         """
-        k = self._cut_point(job, min(common_prefix(source.cached, job.prompt), len(job.prompt) - 1))
+        self._copy_seq(slot, source.seq, source.cached, job, "copy")
+
+    def _copy_seq(self, slot: Slot, src: int, src_tokens: list[int], job: Job, tier: str) -> None:
+        k = self._cut_point(job, min(common_prefix(src_tokens, job.prompt), len(job.prompt) - 1))
         self._save(slot, lose_from=0)
         L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
-        L.llama_memory_seq_cp(self.mem, source.seq, slot.seq, -1, -1)
+        L.llama_memory_seq_cp(self.mem, src, slot.seq, -1, -1)
         if not L.llama_memory_seq_rm(self.mem, slot.seq, k, -1):
             L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
             k = 0
-        slot.cached = source.cached[:k]
-        self._copied.update((slot.seq, source.seq))
-        log.debug("prefix_copied", job_id=job.job_id, seq=slot.seq, source=source.seq, n_tokens=k)
-        self._start(job, k, "copy" if k else "")
+        slot.cached = list(src_tokens[:k])
+        self._copied.update((slot.seq, src))
+        log.debug("prefix_copied", job_id=job.job_id, seq=slot.seq, source=src, tier=tier, n_tokens=k)
+        self._start(job, k, tier if k else "")
 
     def _restore_into(self, slot: Slot, entry, job: Job) -> bool:
         """Restore a saved state into ``slot`` and keep the prefix it shares with the prompt."""
@@ -545,15 +561,26 @@ class Engine:
         Only when something worth a state is lost, the cache does not hold it already and no other
         slot holds it either.
         """
-        cache = self.cache
+        cache, parking = self.cache, self.parking
         tokens = slot.cached
-        if (cache is None or len(tokens) < MIN_ENTRY_TOKENS or len(tokens) - lose_from < MIN_ENTRY_TOKENS
-                or slot.seq in self._copied or cache.covers(tokens)):
+        if ((cache is None and parking is None) or len(tokens) < MIN_ENTRY_TOKENS
+                or len(tokens) - lose_from < MIN_ENTRY_TOKENS or slot.seq in self._copied
+                or (cache if cache is not None else parking).covers(tokens)):
             return
         n = len(tokens)
         for other in self.slots:
             if other is not slot and len(other.cached) >= n and other.cached[:n] == tokens:
                 return
+        if parking is not None:
+            seq = parking.stream_for(tokens, self._copied)
+            if seq is None:
+                return
+            L.llama_memory_seq_rm(self.mem, seq, -1, -1)
+            L.llama_memory_seq_cp(self.mem, slot.seq, seq, -1, -1)
+            parking.record(seq, tokens)
+            self._copied.update((slot.seq, seq))
+            log.debug("sequence_parked", seq=slot.seq, stream=seq, n_tokens=n)
+            return
         size = L.llama_state_seq_get_size(self.ctx, slot.seq)
         data = bytearray(size)
         got = L.llama_state_seq_get_data(self.ctx, (ctypes.c_uint8 * size).from_buffer(data), size, slot.seq)
@@ -585,10 +612,12 @@ class Engine:
 
     def cache_stats(self) -> dict:
         """The prompt cache and prefix reuse, for /api/runners and /metrics."""
-        out = {"enabled": self.cache is not None, "reuse": dict(self.reuse_counts),
+        out = {"enabled": self.cache is not None or self.parking is not None, "reuse": dict(self.reuse_counts),
                "tokens_reused": self.tokens_reused, "tokens_computed": self.tokens_computed}
         if self.cache is not None:
             out.update(self.cache.stats())
+        if self.parking is not None:
+            out.update(self.parking.stats())
         return out
 
     def set_cache_limit(self, limit: int) -> dict:
@@ -866,6 +895,8 @@ class Engine:
         L.llama_memory_clear(self.mem, True)
         for slot in self.slots:
             slot.cached.clear()
+        if self.parking is not None:
+            self.parking.clear()
         if events:
             try:
                 self.emit(events)

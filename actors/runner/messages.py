@@ -78,6 +78,8 @@ class RunnerSpec:
     #: where saved states also go, to survive reloads and restarts (None: no disk tier)
     prompt_cache_dir: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     prompt_cache_disk_bytes: int = 0
+    #: spare KV streams where sequences are parked (models whose saved states do not restore)
+    n_park: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen

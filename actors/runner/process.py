@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
             n_threads=spec.n_threads,
             flash_attn=spec.flash_attn,
             kv_cache_type=spec.kv_cache_type,
+            n_park=spec.n_park if spec.share_prefixes else 0,
         )
         native.apply_adapters(model, ctx, spec.adapters)
         vision = None
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         model,
         ctx,
         cache=_prompt_cache(spec, llama_cpp, log),
+        n_park=spec.n_park if spec.share_prefixes else 0,
         n_ctx=spec.n_ctx,
         n_parallel=spec.n_parallel,
         n_batch=spec.n_batch,

@@ -41,7 +41,7 @@ import attrs
 from trillama.actors.runner.slots import common_prefix
 from trillama.logs import get_logger
 
-__all__ = ["Entry", "PromptCache", "DiskTier", "namespace", "MIN_ENTRY_TOKENS", "default_limit"]
+__all__ = ["Entry", "PromptCache", "DiskTier", "ParkedStreams", "namespace", "MIN_ENTRY_TOKENS", "default_limit"]
 
 log = get_logger("trillama.runner.prompt_cache")
 
@@ -402,3 +402,75 @@ class DiskTier:
 @attrs.frozen
 class _Flush:
     done: threading.Event
+
+
+class ParkedStreams:
+    """Sequences parked in spare KV streams of the context, for models whose states do not restore.
+
+    A model with sliding-window layers cannot use saved states (see the engine), but a copy inside
+    the KV cache is exact for it. So its context gets a few streams beyond its slots; before a
+    slot's tokens are overwritten they are copied into one of them (``llama_memory_seq_cp``), and a
+    later job copies them back into whatever slot it gets. Each stream holds one sequence; the
+    least recently used goes when a new one needs the stream. The bound is the number of streams,
+    chosen by the scheduler from ``TRILLAMA_PROMPT_CACHE`` and the size of one stream.
+    """
+
+    def __init__(self, seqs: Iterable[int]) -> None:
+        self._tokens: dict[int, list[int]] = {seq: [] for seq in seqs}
+        self._used: dict[int, int] = {seq: 0 for seq in self._tokens}
+        self._clock = 0
+        self.hits = 0
+        self.parked = 0
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def tokens(self, seq: int) -> list[int]:
+        return self._tokens[seq]
+
+    def covers(self, tokens: list[int]) -> bool:
+        n = len(tokens)
+        return any(len(t) >= n and t[:n] == tokens for t in self._tokens.values())
+
+    def best(self, prompt: list[int]) -> tuple[int | None, int]:
+        """The stream sharing the longest prefix with ``prompt``, and that length."""
+        best, best_k = None, 0
+        for seq, tokens in self._tokens.items():
+            k = common_prefix(tokens, prompt)
+            if k > best_k:
+                best, best_k = seq, k
+        return best, best_k
+
+    def stream_for(self, tokens: list[int], busy: set[int]) -> int | None:
+        """The stream a new sequence goes into: one whose tokens it extends (replaced, it serves
+        nothing more), else an empty one, else the least recently used; None if all are ``busy``."""
+        free = [seq for seq in self._tokens if seq not in busy]
+        if not free:
+            return None
+        for seq in free:
+            old = self._tokens[seq]
+            if old and len(old) <= len(tokens) and tokens[: len(old)] == old:
+                return seq
+        return min(free, key=lambda seq: (bool(self._tokens[seq]), self._used[seq]))
+
+    def record(self, seq: int, tokens: list[int]) -> None:
+        self._tokens[seq] = list(tokens)
+        self.touch(seq)
+        self.parked += 1
+
+    def touch(self, seq: int) -> None:
+        self._clock += 1
+        self._used[seq] = self._clock
+
+    def hit(self, seq: int) -> None:
+        self.hits += 1
+        self.touch(seq)
+
+    def clear(self) -> None:
+        for seq in self._tokens:
+            self._tokens[seq] = []
+
+    def stats(self) -> dict:
+        return {"park_streams": len(self._tokens), "park_entries": sum(1 for t in self._tokens.values() if t),
+                "park_tokens": sum(len(t) for t in self._tokens.values()), "hits_park": self.hits,
+                "parked": self.parked}
