@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -288,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2, help="traces per subject (subjects take turns)")
     parser.add_argument("--max-tokens", type=int, default=16, help="tokens each turn generates")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="for every subject; 1 on a machine others keep busy (OpenMP's spinning threads "
+                             "collapse there: a 2-thread decode of gemma3 took 1.2-4.6 s, 1 thread 50-240 ms)")
     parser.add_argument("--ctx", type=int, default=32768, help="context per slot")
     parser.add_argument("--subjects", default=",".join(SUBJECTS))
     parser.add_argument("--burst-tokens", type=int, default=150, help="prompt tokens of each short request")
@@ -298,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         python = env.ensure()
         os.chdir(env.REPO_DIR)
         os.execv(str(python), [str(python), "-m", "bench.agents", *(sys.argv[1:] if argv is None else argv)])
+    from bench.__main__ import _terminate
+
+    signal.signal(signal.SIGTERM, _terminate)  # unwind, so every started server is stopped
     names = [n for n in args.subjects.split(",") if n]
     plan = Plan(mode="agents", threads=args.threads, slots=4, ctx_per_slot=args.ctx, flash_attn=True)
     trace = scaled_trace(args.scale, args.sessions, args.turns, args.max_tokens)
