@@ -107,7 +107,18 @@ class Answer:
 
 
 def chat(client: httpx.Client, base: str, model: str, messages: list[dict], max_tokens: int) -> Answer:
-    """One streamed chat completion; TTFT is the time to the first content chunk."""
+    """One streamed chat completion; TTFT is the time to the first content chunk.
+
+    A pooled connection the server closed while idle ("disconnected without sending a response",
+    llama-server does so) is retried once on a new one.
+    """
+    try:
+        return _chat(client, base, model, messages, max_tokens)
+    except httpx.RemoteProtocolError:
+        return _chat(client, base, model, messages, max_tokens)
+
+
+def _chat(client: httpx.Client, base: str, model: str, messages: list[dict], max_tokens: int) -> Answer:
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "seed": 1,
             "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
@@ -294,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                              "collapse there: a 2-thread decode of gemma3 took 1.2-4.6 s, 1 thread 50-240 ms)")
     parser.add_argument("--ctx", type=int, default=32768, help="context per slot")
     parser.add_argument("--subjects", default=",".join(SUBJECTS))
+    parser.add_argument("--phases", default="trace,prefill", help="trace (the agent trace), prefill (4 short "
+                        "concurrent requests, 2 long ones)")
     parser.add_argument("--burst-tokens", type=int, default=150, help="prompt tokens of each short request")
     parser.add_argument("--long-tokens", type=int, default=2000, help="prompt tokens of each long request")
     args = parser.parse_args(argv)
@@ -323,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                  [{"role": "user", "content": "warm up"}], 2)  # load the model
         for round_ in range(args.rounds):
             order = names[round_ % len(names):] + names[: round_ % len(names)]
-            for name in order:
+            for name in order if "trace" in args.phases else ():
                 server = servers[name]
                 base = server.spec.base_url
                 load = uptime()
@@ -339,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_} {name}: wall {measured['wall_s']:.1f}s computed {measured['computed']} "
                       f"ttft first p50 {measured['ttft_first'].get('p50', 0):.2f}s later p50 "
                       f"{measured['ttft_later'].get('p50', 0):.2f}s rss {rss.peak / 2**20:.0f} MiB  [{load}]", flush=True)
-            for name in order:
+            for name in order if "prefill" in args.phases else ():
                 base = servers[name].spec.base_url
                 burst = short_burst(base, "gemma3:270m", 4, args.burst_tokens, f"burst {round_} {name}")
                 pair = long_pair(base, "gemma3:270m", args.long_tokens, f"long {round_} {name}")
@@ -364,6 +377,8 @@ def summarise(results: dict[str, dict], trace: Trace) -> dict:
     for name, r in results.items():
         traces = r["traces"]
         if not traces:
+            out[name] = {"burst_ttft": summary(r["burst"]),
+                         "long_pair_tok_s": statistics.median(r["long"]) if r["long"] else None}
             continue
         out[name] = {
             "computed_median": statistics.median(t["computed"] for t in traces),
@@ -381,8 +396,9 @@ def summarise(results: dict[str, dict], trace: Trace) -> dict:
     base = out.get("llama-server")
     for name, row in out.items():
         if base and name != "llama-server":
-            row["wall_ratio_vs_llama_server"] = base["wall_median_s"] / row["wall_median_s"]
-            row["computed_ratio_vs_llama_server"] = row["computed_median"] / max(1, base["computed_median"])
+            if "wall_median_s" in row and "wall_median_s" in base:
+                row["wall_ratio_vs_llama_server"] = base["wall_median_s"] / row["wall_median_s"]
+                row["computed_ratio_vs_llama_server"] = row["computed_median"] / max(1, base["computed_median"])
             if row["long_pair_tok_s"] and base["long_pair_tok_s"]:
                 row["long_pair_ratio_vs_llama_server"] = row["long_pair_tok_s"] / base["long_pair_tok_s"]
     on, off = results.get("trillama"), results.get("trillama-nocache")

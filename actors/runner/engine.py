@@ -64,6 +64,10 @@ _JOB_FIELDS = frozenset(f.name for f in attrs.fields(GenerateJob))
 MOVE_MIN_GAIN = 128
 #: Prefill tokens that make waiting for another slot's prefill worth it instead of computing them.
 FOLLOW_MIN_GAIN = 256
+#: An idle engine waits this long for the rest of a burst before a prefill of at least
+#: ``BURST_MIN_TOKENS`` (seconds; one such step takes ~0.3-2 s on a CPU).
+BURST_WINDOW = 0.03
+BURST_MIN_TOKENS = 64
 _SEQ = operator.attrgetter("seq")
 
 
@@ -286,11 +290,14 @@ class Engine:
     # ------------------------------------------------------------------ the decode thread
     def run(self) -> None:
         while not self.stopping:
-            if not self.active and not self.queue and not self.commands:
+            idle = not self.active and not self.queue
+            if idle and not self.commands:
                 self.wake.wait()
             self.wake.clear()
             try:
                 self._apply_commands()
+                if idle and self._worth_a_window():
+                    self._gather_burst()
                 if self.queue:
                     self._admit()
                 if self.active:
@@ -298,6 +305,26 @@ class Engine:
             except Exception as exc:  # keep the process (and the other models' server) alive
                 log.exception("engine_step_failed")
                 self._fail_everything(f"internal error: {exc}")
+
+    def _worth_a_window(self) -> bool:
+        """Is the first job of an idle engine's next step a prefill long enough to share?"""
+        return any(len(job.prompt) >= BURST_MIN_TOKENS for job in self.queue)
+
+    def _gather_burst(self) -> None:
+        """Wait ``BURST_WINDOW`` for the rest of a burst before the first step of an idle engine.
+
+        Requests sent together reach the runner a few milliseconds apart (each is rendered,
+        tokenized and framed on its own). Starting the first one's prefill at once would leave the
+        others waiting a whole step behind it: four 150-token prompts took one step of 1.25 s for
+        the first and another of 1.9 s for the other three (all four at 3.1 s), where one step for
+        all four takes ~2.5 s. Only when the engine is idle, and only for a prompt long enough that
+        its step dwarfs the wait.
+        """
+        deadline = time.monotonic() + BURST_WINDOW
+        while (left := deadline - time.monotonic()) > 0:
+            if self.wake.wait(left):
+                self.wake.clear()
+                self._apply_commands()
 
     def _apply_commands(self) -> None:
         commands = self.commands
