@@ -181,7 +181,11 @@ def run_trace(base: str, model: str, trace: Trace) -> dict:
     first = [a.ttft for k, a in answers.items() if k.endswith("t0")]
     later = [a.ttft for k, a in answers.items() if "side" not in k and not k.endswith("t0")]
     side = [a.ttft for k, a in answers.items() if "side" in k]
+    firsts = [a for k, a in answers.items() if k.endswith("t0")]
     return {"wall_s": wall, "ttft_first": summary(first), "ttft_later": summary(later), "ttft_side": summary(side),
+            # the sessions' first turns: all share the prefix; computed once, this is ~1x one prompt
+            "first_turns_computed": sum(a.computed or 0 for a in firsts),
+            "first_turn_prompt": min((a.prompt or 0) for a in firsts) if firsts else 0,
             "computed_from_answers": sum(a.computed or 0 for a in answers.values()),
             "prompt_tokens": sum(a.prompt or 0 for a in answers.values()),
             "texts": {k: a.text for k, a in answers.items()}}
@@ -384,6 +388,8 @@ def summarise(results: dict[str, dict], trace: Trace) -> dict:
             "computed_median": statistics.median(t["computed"] for t in traces),
             "prompt_tokens": statistics.median(t["prompt_tokens"] for t in traces),
             "wall_median_s": statistics.median(t["wall_s"] for t in traces),
+            "first_turns_computed_over_one_prompt": statistics.median(
+                t["first_turns_computed"] / max(1, t["first_turn_prompt"]) for t in traces),
             "ttft_first_p50": statistics.median(t["ttft_first"]["p50"] for t in traces),
             "ttft_first_p95": statistics.median(t["ttft_first"]["p95"] for t in traces),
             "ttft_later_p50": statistics.median(t["ttft_later"]["p50"] for t in traces),
