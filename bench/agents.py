@@ -49,6 +49,7 @@ from bench import env
 from bench.env import BENCH_DIR
 from bench.plan import Plan
 from bench.servers import RunningServer, ServerSpec, llama_server_spec, trillama_spec
+from bench.stats import percentile
 
 SUBJECTS = ("trillama", "trillama-nocache", "llama-server")
 GEMMA = Path.home() / ".cache" / "trillama-tests" / "gemma-3-270m-q4_k_m.gguf"
@@ -210,11 +211,10 @@ def long_pair(base: str, model: str, tokens: int, nonce: str) -> float:
 
 
 def summary(values: list[float]) -> dict:
+    """p50 (the median) and p95 (nearest rank, as the rest of the bench reports it)."""
     if not values:
         return {}
-    ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, max(0, int(round(0.95 * len(ordered) + 0.5)) - 1))]
-    return {"n": len(values), "p50": statistics.median(values), "p95": p95}
+    return {"n": len(values), "p50": statistics.median(values), "p95": percentile(values, 95)}
 
 
 # ----------------------------------------------------------------------------------- subjects
