@@ -343,17 +343,21 @@ class Scheduler:
         assert self._nursery is not None, "scheduler is not running"
         info = record.gguf_info()
         extra = sum(Path(p).stat().st_size for p in (*record.adapter_paths, *record.projector_paths))
-        est = estimate(
-            info,
-            file_bytes=Path(record.model_path).stat().st_size,
-            extra_bytes=extra,
-            num_ctx=wanted.num_ctx,
-            num_parallel=wanted.num_parallel,
-            num_batch=wanted.num_batch,
-            n_vocab=int(getattr(info, "vocab_size", 0) or 32000),
-            kv_cache_type=wanted.kv_cache_type,
-            flash_attention=bool(wanted.flash_attention),
-        )
+
+        def estimate_for(streams: int):
+            return estimate(
+                info,
+                file_bytes=Path(record.model_path).stat().st_size,
+                extra_bytes=extra,
+                num_ctx=wanted.num_ctx,
+                num_parallel=streams,
+                num_batch=wanted.num_batch,
+                n_vocab=int(getattr(info, "vocab_size", 0) or 32000),
+                kv_cache_type=wanted.kv_cache_type,
+                flash_attention=bool(wanted.flash_attention),
+            )
+
+        est = plain_est = estimate_for(wanted.num_parallel)
         # Models with sliding-window layers cannot restore saved states exactly: their prompt
         # cache is spare KV streams instead (as many as the budget pays for, at most 2 per slot).
         budget = self.prompt_cache_budget() if self.settings.prompt_cache != 0 else 0
@@ -362,19 +366,8 @@ class Scheduler:
         if budget and swa > 0 and wanted.num_parallel > 1:
             per_stream = max(1, est.kv_cache // wanted.num_parallel)
             n_park = max(0, min(budget // per_stream, 2 * wanted.num_parallel, 256 - wanted.num_parallel))
-        plain_est = est
         if n_park:
-            est = estimate(
-                info,
-                file_bytes=Path(record.model_path).stat().st_size,
-                extra_bytes=extra,
-                num_ctx=wanted.num_ctx,
-                num_parallel=wanted.num_parallel + n_park,
-                num_batch=wanted.num_batch,
-                n_vocab=int(getattr(info, "vocab_size", 0) or 32000),
-                kv_cache_type=wanted.kv_cache_type,
-                flash_attention=bool(wanted.flash_attention),
-            )
+            est = estimate_for(wanted.num_parallel + n_park)
         spec = RunnerSpec(
             model_path=Path(record.model_path),
             n_ctx=wanted.num_ctx,
@@ -537,10 +530,6 @@ class Scheduler:
         import psutil
 
         return default_limit(psutil.virtual_memory().total)
-
-    def cache_limits(self) -> dict[str, int]:
-        """Each loaded model's prompt-cache reservation (``/api/runners``)."""
-        return {a.name: limit for a, limit in self._cache_limits.items()}
 
     async def _shrink_caches(self, actor: ModelActor, others: list[ModelActor], ram: Device) -> bool:
         """Make room for ``actor`` by lowering prompt-cache reservations instead of evicting.
