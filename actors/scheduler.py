@@ -87,6 +87,11 @@ class Scheduler:
                              adaptive=settings.num_threads == 0)
         #: actors whose thread count a request or Modelfile asked for: never lowered for neighbours
         self._pinned: set[ModelActor] = set()
+        #: bytes each runner's prompt cache may hold: reserved in the memory ledger, lowered under
+        #: memory pressure before any model is evicted (:meth:`_shrink_caches`)
+        self._cache_limits: dict[ModelActor, int] = {}
+        #: what a model with parking streams would cost without them (dropped under pressure)
+        self._plain_estimates: dict[ModelActor, Any] = {}
 
     # ------------------------------------------------------------------ lifetime
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -293,6 +298,8 @@ class Scheduler:
                 "num_ctx": actor.num_ctx, "num_parallel": actor.options.num_parallel,
                 "refcount": actor.refcount, "queued": actor.pending, "slots": slots,
                 "threads": threads,
+                "prompt_cache": {**(actor.runner.cache_stats if actor.runner is not None else {}),
+                                 "reserved": self._cache_limits.get(actor, 0)},
             })
         return out
 
@@ -354,17 +361,31 @@ class Scheduler:
         assert self._nursery is not None, "scheduler is not running"
         info = record.gguf_info()
         extra = sum(Path(p).stat().st_size for p in (*record.adapter_paths, *record.projector_paths))
-        est = estimate(
-            info,
-            file_bytes=Path(record.model_path).stat().st_size,
-            extra_bytes=extra,
-            num_ctx=wanted.num_ctx,
-            num_parallel=wanted.num_parallel,
-            num_batch=wanted.num_batch,
-            n_vocab=int(getattr(info, "vocab_size", 0) or 32000),
-            kv_cache_type=wanted.kv_cache_type,
-            flash_attention=bool(wanted.flash_attention),
-        )
+
+        def estimate_for(streams: int):
+            return estimate(
+                info,
+                file_bytes=Path(record.model_path).stat().st_size,
+                extra_bytes=extra,
+                num_ctx=wanted.num_ctx,
+                num_parallel=streams,
+                num_batch=wanted.num_batch,
+                n_vocab=int(getattr(info, "vocab_size", 0) or 32000),
+                kv_cache_type=wanted.kv_cache_type,
+                flash_attention=bool(wanted.flash_attention),
+            )
+
+        est = plain_est = estimate_for(wanted.num_parallel)
+        # Models with sliding-window layers cannot restore saved states exactly: their prompt
+        # cache is spare KV streams instead (as many as the budget pays for, at most 2 per slot).
+        budget = self.prompt_cache_budget() if self.settings.prompt_cache != 0 else 0
+        swa = int(info.arch_key("attention.sliding_window") or 0) if hasattr(info, "arch_key") else 0
+        n_park = 0
+        if budget and swa > 0 and wanted.num_parallel > 1:
+            per_stream = max(1, est.kv_cache // wanted.num_parallel)
+            n_park = max(0, min(budget // per_stream, 2 * wanted.num_parallel, 256 - wanted.num_parallel))
+        if n_park:
+            est = estimate_for(wanted.num_parallel + n_park)
         spec = RunnerSpec(
             model_path=Path(record.model_path),
             n_ctx=wanted.num_ctx,
@@ -378,6 +399,12 @@ class Scheduler:
             adapters=tuple(Path(p) for p in record.adapter_paths),
             # Ollama takes one projector per model; a second one in a manifest is ignored there too
             projector=Path(record.projector_paths[0]) if record.projector_paths else None,
+            share_prefixes=self.settings.prompt_cache != 0,
+            prompt_cache_bytes=0 if swa > 0 else budget,
+            n_park=n_park,
+            prompt_cache_dir=(self.settings.models_dir / "cache" / "prompts"
+                              if self.settings.prompt_cache_disk > 0 else None),
+            prompt_cache_disk_bytes=self.settings.prompt_cache_disk,
         )
         actor = ModelActor(
             key=key,
@@ -395,6 +422,9 @@ class Scheduler:
             on_busy=self._share_threads,
         )
         self._actors.append(actor)
+        self._cache_limits[actor] = spec.prompt_cache_bytes
+        if n_park:
+            self._plain_estimates[actor] = plain_est
         self._nursery.start_soon(self._lifecycle, actor)
         log.info("model_queued_for_load", model=actor.name, num_ctx=wanted.num_ctx,
                  num_parallel=wanted.num_parallel, estimate=est.total)
@@ -451,6 +481,8 @@ class Scheduler:
                 self._load_lock.release()
             if actor in self._actors:
                 self._actors.remove(actor)
+            self._cache_limits.pop(actor, None)
+            self._plain_estimates.pop(actor, None)
             actor.mark_stopped()
             log.info("model_unloaded", model=actor.name, reason=actor.stop_reason or actor.state)
             self._notify()
@@ -467,8 +499,8 @@ class Scheduler:
         if gpus and others and actor.options.num_gpu < 0 and placement.n_gpu_layers < actor.estimate.layers + 1:
             # With other models loaded, a new one must fit on the GPU entirely, or they make room.
             return False
-        host_need = placement.size - placement.size_vram
-        host_used = sum(o.placement.size - o.placement.size_vram for o in others)
+        host_need = placement.size - placement.size_vram + self._cache_limits.get(actor, 0)
+        host_used = sum(o.placement.size - o.placement.size_vram + self._cache_limits.get(o, 0) for o in others)
         limit = self.settings.memory_limit
         if limit and host_used + host_need > limit:
             return False
@@ -487,6 +519,8 @@ class Scheduler:
             over_count = len(others) >= self.settings.effective_max_loaded_models
             if not over_count and self._budget_fits(actor, others, ram, gpus):
                 return
+            if not over_count and await self._shrink_caches(actor, others, ram):
+                continue
             if not others:
                 need = actor.estimate.total
                 available = min(limit, ram.free) if limit else ram.free
@@ -504,6 +538,61 @@ class Scheduler:
             # Everything loaded is busy: wait until something becomes idle or goes away.
             changed = self._changed
             await changed.wait()
+
+    def prompt_cache_budget(self) -> int:
+        """``TRILLAMA_PROMPT_CACHE`` for each runner; by default an eighth of RAM, at most 8 GiB."""
+        from trillama.actors.runner.prompt_cache import default_limit
+
+        if self.settings.prompt_cache >= 0:
+            return self.settings.prompt_cache
+        import psutil
+
+        return default_limit(psutil.virtual_memory().total)
+
+    async def _shrink_caches(self, actor: ModelActor, others: list[ModelActor], ram: Device) -> bool:
+        """Make room for ``actor`` by lowering prompt-cache reservations instead of evicting.
+
+        Saved prompt states are the cheapest memory to give back: losing one costs a prefill,
+        evicting a model costs a reload and every state it had. The new model's own reservation
+        goes first, then the other runners' (largest first), each down to zero if need be; a
+        runner told a lower bound drops its least recently used states at once. A model loading with
+        parking streams (see :meth:`_new_actor`) loads without them first. Returns whether
+        anything was lowered (the caller checks the fit again).
+        """
+        plain = self._plain_estimates.pop(actor, None)
+        if plain is not None:  # the new model's parking streams go first
+            log.info("prompt_cache_parking_dropped", model=actor.name, streams=actor.spec.n_park)
+            actor.estimate = plain
+            actor.spec = attrs.evolve(actor.spec, n_park=0)
+            return True
+        wanted = self._cache_limits.get(actor, 0)
+        reserved = [(o, self._cache_limits.get(o, 0)) for o in others if self._cache_limits.get(o, 0) > 0]
+        if wanted <= 0 and not reserved:
+            return False
+        host_used = sum(o.placement.size - o.placement.size_vram + self._cache_limits.get(o, 0) for o in others)
+        need = actor.estimate.total + wanted
+        room = ram.free
+        limit = self.settings.memory_limit
+        over = max(host_used + need - limit if limit else 0, need - room)
+        if over <= 0:
+            return False
+        cut = min(wanted, over)
+        self._cache_limits[actor] = wanted - cut
+        actor.spec = attrs.evolve(actor.spec, prompt_cache_bytes=wanted - cut)
+        over -= cut
+        for other, have in sorted(reserved, key=lambda pair: -pair[1]):
+            if over <= 0:
+                break
+            cut = min(have, over)
+            self._cache_limits[other] = have - cut
+            over -= cut
+            log.info("prompt_cache_shrunk", model=other.name, limit=have - cut, for_model=actor.name)
+            if other.runner is not None and not other.runner.died.is_set():
+                try:
+                    await other.runner.set_cache_limit(have - cut)
+                except Exception as exc:  # a runner dying under the question frees its memory anyway
+                    log.info("prompt_cache_shrink_failed", model=other.name, error=str(exc))
+        return True
 
     @staticmethod
     def _pick_victim(candidates: list[ModelActor]) -> ModelActor | None:

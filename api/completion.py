@@ -185,6 +185,7 @@ async def run_job(lease: Lease, job: GenerateJob) -> AsyncIterator[Piece | Done]
                         entry.done_reason = event.done_reason
                     metrics.observe_tokens(lease.actor.name, event.prompt_eval_count, event.eval_count)
                     metrics.observe_drafts(lease.actor.name, event.draft_count, event.draft_accepted)
+                    metrics.observe_prompt(lease.actor.name, event.prompt_eval_count, event.cached_count, event.reuse)
                     yield event
                     return
                 yield event

@@ -34,6 +34,11 @@ class _SchedulerCollector:
                                  labels=["model", "device"])
         threads = GaugeMetricFamily("trillama_runner_threads", "Decode threads a model's runner uses now",
                                     labels=["model"])
+        cache = GaugeMetricFamily("trillama_prompt_cache_bytes",
+                                  "Saved prompt states a model's runner keeps, by tier (as of the last scrape)",
+                                  labels=["model", "tier"])
+        cache_entries = GaugeMetricFamily("trillama_prompt_cache_entries", "Saved prompt states, by tier",
+                                          labels=["model", "tier"])
         actors = self.scheduler.actors() if self.scheduler is not None else []
         loaded.add_metric([], sum(1 for a in actors if a.state in ("loading", "ready")))
         for actor in actors:
@@ -43,7 +48,16 @@ class _SchedulerCollector:
             size.add_metric([actor.name, "gpu"], actor.placement.size_vram)
             if actor.state == "ready" and actor.runner is not None:
                 threads.add_metric([actor.name], actor.runner.threads)
-        yield from (loaded, queued, running, size, threads)
+                stats = actor.runner.cache_stats
+                if stats.get("enabled"):
+                    cache.add_metric([actor.name, "ram"], stats.get("bytes", 0))
+                    cache_entries.add_metric([actor.name, "ram"], stats.get("entries", 0))
+                    if "park_entries" in stats:
+                        cache_entries.add_metric([actor.name, "park"], stats["park_entries"])
+                    if "disk_bytes" in stats:
+                        cache.add_metric([actor.name, "disk"], stats["disk_bytes"])
+                        cache_entries.add_metric([actor.name, "disk"], stats.get("disk_entries", 0))
+        yield from (loaded, queued, running, size, threads, cache, cache_entries)
         if self.scheduler is not None:
             yield from self._cpu(self.scheduler.cpu_state())
 
@@ -75,6 +89,13 @@ class Metrics:
         self.drafts = Counter("trillama_draft_tokens",
                               "Prompt-lookup draft tokens verified (kind=drafted) and confirmed (kind=accepted)",
                               ["model", "kind"], registry=self.registry)
+        self.prompt_tokens = Counter("trillama_prompt_tokens",
+                                     "Prompt tokens computed by the model, and reused from a slot or the prompt cache",
+                                     ["model", "kind"], registry=self.registry)
+        self.prompt_cache_hits = Counter("trillama_prompt_cache_hits",
+                                         "Requests that reused a prompt prefix, by where it came from: slot (its own), "
+                                         "copy (another slot), ram or disk (the prompt cache)",
+                                         ["model", "tier"], registry=self.registry)
         self.registry.register(_SchedulerCollector(scheduler))
         self.gateway = GatewayCollector(scheduler)  # vLLM's names, for LLM-aware gateways
         self.registry.register(self.gateway)
@@ -86,6 +107,12 @@ class Metrics:
     def observe_tokens(self, model: str, prompt: int, generated: int) -> None:
         self.tokens.labels(model, "prompt").inc(prompt)
         self.tokens.labels(model, "generated").inc(generated)
+
+    def observe_prompt(self, model: str, computed: int, reused: int, tier: str) -> None:
+        self.prompt_tokens.labels(model, "computed").inc(computed)
+        self.prompt_tokens.labels(model, "reused").inc(reused)
+        if tier:
+            self.prompt_cache_hits.labels(model, tier).inc()
 
     def observe_drafts(self, model: str, drafted: int, accepted: int) -> None:
         self.drafts.labels(model, "drafted").inc(drafted)

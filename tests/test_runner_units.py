@@ -7,7 +7,7 @@ import io
 import pytest
 
 from trillama.actors.runner import protocol as P
-from trillama.actors.runner.engine import common_prefix
+from trillama.actors.runner.slots import common_prefix
 from trillama.actors.runner.messages import GenerateJob, RunnerSpec, converter
 from trillama.actors.runner.textstream import TextStream
 

@@ -230,6 +230,13 @@ class Settings:
     kv_cache_type: str = "f16"
     #: trillama: cap on the memory the scheduler may hand out (bytes); 0 = what the machine has.
     memory_limit: int = 0
+    #: trillama: bytes of saved prompt states all runners together keep in RAM (``TRILLAMA_PROMPT_CACHE``);
+    #: -1 = an eighth of the machine's memory, at most 8 GiB; 0 = none, and no prefix taken from another
+    #: slot either (each slot reuses only its own tokens, as before issue 22).
+    prompt_cache: int = -1
+    #: trillama: bytes of saved prompt states kept on disk under ``OLLAMA_MODELS/cache/prompts``
+    #: (``TRILLAMA_PROMPT_CACHE_DISK``), surviving reloads and restarts; 0 = no disk tier.
+    prompt_cache_disk: int = 0
     #: trillama: threads each runner decodes with; 0 = physical cores within the CPU affinity and
     #: cgroup quota, lowered while busy neighbours use cores (actors/cpu.py). A number pins it.
     num_threads: int = 0
@@ -326,6 +333,8 @@ class Settings:
         read("OLLAMA_KV_CACHE_TYPE", "kv_cache_type", _parse_kv_type)
         read("TRILLAMA_MEMORY_LIMIT", "memory_limit", parse_byte_size)
         read("TRILLAMA_NUM_THREADS", "num_threads", _parse_uint)
+        read("TRILLAMA_PROMPT_CACHE", "prompt_cache", parse_byte_size)
+        read("TRILLAMA_PROMPT_CACHE_DISK", "prompt_cache_disk", parse_byte_size)
         read("TRILLAMA_BUNDLED_MODEL", "bundled_model", _parse_bool)
         read("TRILLAMA_LOG_FORMAT", "log_format", _parse_log_format)
         read("TRILLAMA_PRELOAD", "preload", parse_preload)

@@ -124,6 +124,8 @@ class Runner:
         self.facts: RunnerFacts | None = None
         #: the decode threads last asked for (:meth:`set_threads`); the spec's until then
         self.threads: int = spec.n_threads
+        #: the prompt cache as the runner last reported it (``status``, ``set_cache_limit``)
+        self.cache_stats: dict = {}
         #: set once the process has exited, for whatever reason
         self.died = trio.Event()
         #: why it exited ("exited with code 1", "killed by signal 9"…), None while running
@@ -385,6 +387,7 @@ class Runner:
                 self._deliver(handle, Piece(event[2], event[3]))
         elif tag == P.EV_DONE:
             handle = self._jobs.pop(event[1], None)
+            self.cache_stats["bytes"] = event[2].get("cache_bytes", 0)
             if handle is not None:
                 self._deliver(handle, Done(**event[2]))
                 handle._end()
@@ -522,7 +525,13 @@ class Runner:
     async def status(self) -> tuple[list[SlotState], int]:
         """Slot states and the number of decode threads, as of the runner's next step."""
         reply = await self._request(P.OP_SLOTS)
+        self.cache_stats = dict(reply.get("cache") or {})
         return [SlotState(**s) for s in reply["slots"]], int(reply["n_threads"])
+
+    async def set_cache_limit(self, limit: int) -> dict:
+        """Bound the runner's prompt cache (RAM tier) to ``limit`` bytes; its stats afterwards."""
+        self.cache_stats = dict(await self._request(P.OP_CACHE_LIMIT, max(0, int(limit))))
+        return self.cache_stats
 
     def set_threads(self, n: int) -> None:
         """Decode with ``n`` threads from the runner's next step on.

@@ -30,6 +30,7 @@ does not fit the job's context at all is refused up front with kind ``context_ex
 from __future__ import annotations
 
 import collections
+import ctypes
 import operator
 import threading
 import time
@@ -39,22 +40,39 @@ import attrs
 import llama_cpp as L
 
 from trillama.actors.runner import protocol as P
-from trillama.actors.runner.drafting import DEFAULT_DRAFT_MAX, MAX_DRAFT_MAX, Drafter, RowCost, plan_drafts
+from trillama.actors.runner.drafting import DEFAULT_DRAFT_MAX, MAX_DRAFT_MAX, Drafter, RowCost
 from trillama.actors.runner.embedding import ContextExceeded, Embedder
 from trillama.actors.runner.logprobs import token_logprob_entry
 from trillama.actors.runner.media import ImageSpan, MediaError, MediaPrompt, Vision
 from trillama.actors.runner.messages import PROMPT_TOO_LONG, GenerateJob
 from trillama.actors.runner.native import Batch, Model
+from trillama.actors.runner.prompt_cache import MIN_ENTRY_TOKENS, ParkedStreams, PromptCache
 from trillama.actors.runner.sampling import GrammarError, SamplerChain, build_chain
+from trillama.actors.runner.slots import Slot, best_free_slot, common_prefix
 from trillama.actors.runner.textstream import TextStream
+from trillama.actors.runner.verification import DraftVerifier
 from trillama.logs import get_logger
 
-__all__ = ["Engine", "JobError", "Job", "Slot", "common_prefix"]
+__all__ = ["Engine", "JobError", "Job"]
 
 log = get_logger("trillama.runner.engine")
 
 _JOB_FIELDS = frozenset(f.name for f in attrs.fields(GenerateJob))
+#: Prefill tokens a copy or restore of a prefix must save over what the slot holds itself (a copy
+#: moves the whole sequence's cells; on a CPU a step of 512 prompt tokens costs ~1-2 s, a copy of
+#: a 32k-cell stream a fraction of that).
+MOVE_MIN_GAIN = 128
+#: Prefill tokens that make waiting for another slot's prefill worth it instead of computing them.
+FOLLOW_MIN_GAIN = 256
+#: An idle engine waits this long for the rest of a burst before a prefill of at least
+#: ``BURST_MIN_TOKENS`` (seconds; one such step takes ~0.3-2 s on a CPU).
+BURST_WINDOW = 0.03
+BURST_MIN_TOKENS = 64
 _SEQ = operator.attrgetter("seq")
+
+
+def _PENDING(slot: Slot) -> int:
+    return len(slot.job.pending)
 
 
 class JobError(Exception):
@@ -92,6 +110,10 @@ class Job:
     media: MediaPrompt | None = None  # owns the image chunks of ``spans``
     drafter: Drafter | None = None  # prompt-lookup drafts; None when draft_max is 0
     draft: list[int] = attrs.Factory(list)  # tokens drafted after ``last`` in the current batch
+    reuse: str = ""  # where the reused prefix came from: "slot", "copy", "ram", "disk" ("" none)
+    leader: Slot | None = None  # while waiting for another slot to prefill our prefix: that slot
+    leader_job: "Job | None" = None  # ... and the job prefilling it
+    follow_upto: int = 0  # prompt tokens the leader will have computed for us
 
     def next_image(self, head: int) -> ImageSpan | None:
         """The first image that starts at or after prompt position ``head``."""
@@ -105,30 +127,6 @@ class Job:
         if self.media is not None:
             self.media.free()
             self.media = None
-
-
-@attrs.define(eq=False)
-class Slot:
-    """One sequence of the shared context; ``cached[i]`` is the token at KV position ``i``."""
-
-    seq: int
-    cached: list[int] = attrs.Factory(list)
-    job: Job | None = None
-    last_used: int = 0
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:  # the usual case for a chat's next turn, compared in C
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]; halve with slice compares (in C)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 class Engine:
@@ -145,6 +143,8 @@ class Engine:
         n_threads: int,
         emit: Callable[[list], None],
         vision: Vision | None = None,
+        cache: PromptCache | None = None,
+        n_park: int = 0,
     ) -> None:
         self.model = model
         self.vision = vision
@@ -166,8 +166,22 @@ class Engine:
         # Rejected drafts are cut off the sequence's tail; a recurrent memory cannot do that.
         self.can_draft = not (L.llama_model_is_recurrent(model.ptr) or L.llama_model_is_hybrid(model.ptr))
         self.row_cost = RowCost()
-        self.drafted = 0  # draft tokens put in batches, all jobs
-        self.draft_accepted = 0  # of which the model confirmed
+        self.verifier = DraftVerifier(self.mem, self._sample)
+        # Prefixes move between slots by copying a sequence inside the KV cache, which is exact
+        # for every attention model; recurrent memories cannot cut a copied sequence to a prefix.
+        self.can_copy = self.can_draft
+        # Saved states restore exactly only without sliding-window layers: llama.cpp's state of
+        # an SWA sequence loses the window's geometry (ggml-org/llama.cpp#25295; measured here on
+        # gemma3: logits off by up to 0.74 after a restore, bit-identical for SmolLM2).
+        self.n_swa = int(L.llama_model_n_swa(model.ptr))
+        self.cache = cache if (cache is not None and self.can_copy and self.n_swa == 0) else None
+        # ... those models park sequences in spare KV streams instead (exact: it is a copy).
+        self.parking = (ParkedStreams(range(n_parallel, n_parallel + n_park))
+                        if n_park > 0 and self.can_copy and self.cache is None else None)
+        self.reuse_counts = {"slot": 0, "copy": 0, "park": 0, "ram": 0, "disk": 0}  # jobs, by source
+        self.tokens_reused = 0
+        self.tokens_computed = 0
+        self._copied: set[int] = set()  # sequences a copy touched since the last decode
 
     # ------------------------------------------------------------------ called from other threads
     def submit(self, command: tuple) -> None:
@@ -276,11 +290,14 @@ class Engine:
     # ------------------------------------------------------------------ the decode thread
     def run(self) -> None:
         while not self.stopping:
-            if not self.active and not self.queue and not self.commands:
+            idle = not self.active and not self.queue
+            if idle and not self.commands:
                 self.wake.wait()
             self.wake.clear()
             try:
                 self._apply_commands()
+                if idle and self._worth_a_window():
+                    self._gather_burst()
                 if self.queue:
                     self._admit()
                 if self.active:
@@ -288,6 +305,26 @@ class Engine:
             except Exception as exc:  # keep the process (and the other models' server) alive
                 log.exception("engine_step_failed")
                 self._fail_everything(f"internal error: {exc}")
+
+    def _worth_a_window(self) -> bool:
+        """Is the first job of an idle engine's next step a prefill long enough to share?"""
+        return any(len(job.prompt) >= BURST_MIN_TOKENS for job in self.queue)
+
+    def _gather_burst(self) -> None:
+        """Wait ``BURST_WINDOW`` for the rest of a burst before the first step of an idle engine.
+
+        Requests sent together reach the runner a few milliseconds apart (each is rendered,
+        tokenized and framed on its own). Starting the first one's prefill at once would leave the
+        others waiting a whole step behind it: four 150-token prompts took one step of 1.25 s for
+        the first and another of 1.9 s for the other three (all four at 3.1 s), where one step for
+        all four takes ~2.5 s. Only when the engine is idle, and only for a prompt long enough that
+        its step dwarfs the wait.
+        """
+        deadline = time.monotonic() + BURST_WINDOW
+        while (left := deadline - time.monotonic()) > 0:
+            if self.wake.wait(left):
+                self.wake.clear()
+                self._apply_commands()
 
     def _apply_commands(self) -> None:
         commands = self.commands
@@ -299,7 +336,10 @@ class Engine:
             elif op == P.OP_CANCEL:
                 self._cancel(cmd[1])
             elif op == P.OP_SLOTS:
-                self.emit([[P.EV_REPLY, cmd[1], {"slots": self.slot_states(), "n_threads": self.n_threads}]])
+                self.emit([[P.EV_REPLY, cmd[1], {"slots": self.slot_states(), "n_threads": self.n_threads,
+                                                 "cache": self.cache_stats()}]])
+            elif op == P.OP_CACHE_LIMIT:
+                self.emit([[P.EV_REPLY, cmd[1], self.set_cache_limit(cmd[2])]])
             elif op == P.OP_THREADS:
                 self.set_threads(cmd[1])
             elif op == P.OP_EMBED:
@@ -364,34 +404,255 @@ class Engine:
             self.emit([[P.EV_REPLY, req_id, [vectors, counts]]])
 
     def _admit(self) -> None:
+        """Give waiting jobs free slots, each with the longest prefix it can reuse from anywhere.
+
+        Where a prompt's prefix can come from, best first at equal length:
+
+        * the free slot it gets already holds it (a chat's next turn): nothing to do — unless the
+          slot holds a longer history that the prompt leaves (another session on the same system
+          prompt): then the prefix is copied into another free slot and the history stays;
+        * another slot holds more of it (a second session of an agent beside the first): the
+          sequence is copied inside the KV cache (``llama_memory_seq_cp``) and cut to the prefix;
+        * the prompt cache holds more of it (a session whose slot another request took): the
+          saved state is restored into the slot;
+        * another slot is still *prefilling* more of it: the job waits for that prefill (it holds
+          its slot, computes nothing) and then copies it, so four sessions that start together
+          with one system prompt compute it once instead of four times.
+
+        Moving a prefix costs a copy of the sequence's cells, so it has to save at least
+        ``MOVE_MIN_GAIN`` tokens of prefill over what the slot itself holds, and waiting for a
+        prefill ``FOLLOW_MIN_GAIN``. Before a slot's tokens are overwritten, they are saved to the
+        prompt cache (where the model's states restore exactly), so they survive the slot being
+        taken.
+        """
+        self._resolve_followers()
         now = time.monotonic_ns()
         while self.queue:
             free = [s for s in self.slots if s.job is None]
             if not free:
                 return
-            job = self.queue.popleft()
+            job = self.queue[0]
             prompt = job.prompt
-            best, best_key = None, None
-            for slot in free:
-                k = common_prefix(slot.cached, prompt)
-                key = (k, not slot.cached, -slot.last_used)
-                if best_key is None or key > best_key:
-                    best, best_key = slot, key
-            slot = best
-            k = min(best_key[0], len(prompt) - 1)  # re-decode >= 1 token: its logits are needed
-            for span in job.spans:  # an image is decoded whole or not at all
-                if span.start < k < span.start + span.n_pos:
-                    k = span.start
-            if k < len(slot.cached):
-                if not L.llama_memory_seq_rm(self.mem, slot.seq, k, -1):
-                    L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
-                    k = 0
-                del slot.cached[k:]
-            job.pending = prompt[k:]
-            job.cached_count = k
+            slot, k = best_free_slot(free, prompt)
+            plan = self._better_source(job, k)
+            if (plan is None and self.can_copy and k >= MOVE_MIN_GAIN and len(free) > 1
+                    and len(slot.cached) - k >= MOVE_MIN_GAIN):
+                # Another session's history starts with our prefix (the shared system prompt):
+                # copy the prefix out instead of cutting that history short.
+                plan = ("copy", slot)
+            if plan is not None:
+                target = self._target_slot(free, plan)
+                if target is None:  # the slots involved are in a copy already: next step
+                    return
+                slot = target
+            self.queue.popleft()
             job.t_start = now
             slot.job = job
             self.active.append(slot)
+            if plan is None:
+                self._take_in_place(slot, job, k)
+            elif plan[0] == "follow":
+                _, leader, upto = plan
+                job.leader, job.leader_job, job.follow_upto = leader, leader.job, upto
+                job.pending = list(prompt)  # nothing computed yet; the leader's copy decides
+                log.debug("job_follows", job_id=job.job_id, seq=slot.seq, leader=leader.seq, upto=upto)
+            elif plan[0] == "copy":
+                self._copy_into(slot, plan[1], job)
+            elif plan[0] == "park":
+                self.parking.hit(plan[1])
+                self._copy_seq(slot, plan[1], self.parking.tokens(plan[1]), job, "park")
+            else:
+                if not self._restore_into(slot, plan[1], job):
+                    self._take_in_place(slot, job, common_prefix(slot.cached, prompt))
+
+    def _better_source(self, job: Job, k_here: int) -> tuple | None:
+        """Where ``job`` can get more of its prefix than ``k_here`` tokens, if anywhere worth it."""
+        prompt = job.prompt
+        usable = len(prompt) - 1  # the last prompt token is always decoded: its logits are needed
+        if job.spans or usable - k_here < MOVE_MIN_GAIN:
+            return None
+        best: tuple | None = None
+        best_k = k_here + MOVE_MIN_GAIN - 1
+        if self.can_copy:
+            for other in self.slots:
+                if other.job is not None and other.job.leader is not None:
+                    continue  # its tokens are not the ones its job will have
+                k = min(common_prefix(other.cached, prompt), usable)
+                if k > best_k:
+                    best, best_k = ("copy", other), k
+        if self.cache is not None:
+            entry, k = self.cache.best(prompt)
+            if entry is not None and min(k, usable) > best_k:
+                best, best_k = (entry.tier, entry), min(k, usable)
+        if self.parking is not None:
+            seq, k = self.parking.best(prompt)
+            if seq is not None and min(k, usable) > best_k:
+                best, best_k = ("park", seq), min(k, usable)
+        if self.can_copy:
+            have = max(best_k, k_here)
+            for other in self.active:
+                lead = other.job
+                if not lead.pending or lead.leader is not None or lead.spans:
+                    continue
+                k = min(common_prefix(lead.prompt, prompt), usable)
+                if k - have >= FOLLOW_MIN_GAIN and k > len(other.cached):
+                    best, best_k, have = ("follow", other, k), k, k
+        return best
+
+    def _target_slot(self, free: list[Slot], plan: tuple) -> Slot | None:
+        """The free slot a moved prefix goes into: an empty one, else the least recently used."""
+        source = plan[1] if plan[0] in ("copy", "follow") else None
+        candidates = [s for s in free if s is not source and s.seq not in self._copied]
+        if source is not None and source.seq in self._copied:
+            return None
+        if plan[0] == "park" and plan[1] in self._copied:
+            return None
+        if not candidates:
+            return None
+        return min(candidates, key=lambda s: (bool(s.cached), s.last_used))
+
+    def _take_in_place(self, slot: Slot, job: Job, k: int) -> None:
+        """Reuse the first ``k`` tokens the slot holds; the rest of the prompt is computed."""
+        prompt = job.prompt
+        k = self._cut_point(job, min(k, len(prompt) - 1))
+        if k < len(slot.cached):
+            self._save(slot, lose_from=k)
+            if not L.llama_memory_seq_rm(self.mem, slot.seq, k, -1):
+                L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+                k = 0
+            del slot.cached[k:]
+        self._start(job, k, "slot" if k else "")
+
+    @staticmethod
+    def _cut_point(job: Job, k: int) -> int:
+        for span in job.spans:  # an image is decoded whole or not at all
+            if span.start < k < span.start + span.n_pos:
+                k = span.start
+        return k
+
+    def _start(self, job: Job, k: int, source: str) -> None:
+        job.pending = job.prompt[k:]
+        job.cached_count = k
+        job.reuse = source
+        if source:
+            self.reuse_counts[source] += 1
+
+    def _copy_into(self, slot: Slot, source: Slot, job: Job) -> None:
+        """Copy ``source``'s sequence into ``slot`` inside the KV cache and keep the shared prefix.
+
+        With one KV stream per slot llama.cpp copies the whole stream (it does so before the next
+        decode; nothing may touch either stream in between, hence ``_copied``).
+        """
+        self._copy_seq(slot, source.seq, source.cached, job, "copy")
+
+    def _copy_seq(self, slot: Slot, src: int, src_tokens: list[int], job: Job, tier: str) -> None:
+        k = self._cut_point(job, min(common_prefix(src_tokens, job.prompt), len(job.prompt) - 1))
+        self._save(slot, lose_from=0)
+        L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+        L.llama_memory_seq_cp(self.mem, src, slot.seq, -1, -1)
+        if not L.llama_memory_seq_rm(self.mem, slot.seq, k, -1):
+            L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+            k = 0
+        slot.cached = list(src_tokens[:k])
+        self._copied.update((slot.seq, src))
+        log.debug("prefix_copied", job_id=job.job_id, seq=slot.seq, source=src, tier=tier, n_tokens=k)
+        self._start(job, k, tier if k else "")
+
+    def _restore_into(self, slot: Slot, entry, job: Job) -> bool:
+        """Restore a saved state into ``slot`` and keep the prefix it shares with the prompt."""
+        tier = entry.tier
+        entry = self.cache.load(entry)
+        if entry is None:
+            return False
+        self._save(slot, lose_from=0)
+        L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+        state = entry.state
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if L.llama_state_seq_set_data(self.ctx, buf, len(state), slot.seq) != len(state):
+            log.warning("prompt_cache_restore_failed", job_id=job.job_id, seq=slot.seq)
+            L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+            slot.cached = []
+            return False
+        k = self._cut_point(job, min(common_prefix(entry.tokens, job.prompt), len(job.prompt) - 1))
+        if not L.llama_memory_seq_rm(self.mem, slot.seq, k, -1):
+            L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
+            k = 0
+        slot.cached = list(entry.tokens[:k])
+        log.debug("prefix_restored", job_id=job.job_id, seq=slot.seq, tier=tier, n_tokens=k)
+        self._start(job, k, tier if k else "")
+        return True
+
+    def _save(self, slot: Slot, *, lose_from: int) -> None:
+        """Keep the slot's sequence in the prompt cache before its tokens from ``lose_from`` on go.
+
+        Only when something worth a state is lost, the cache does not hold it already and no other
+        slot holds it either.
+        """
+        cache, parking = self.cache, self.parking
+        tokens = slot.cached
+        if ((cache is None and parking is None) or len(tokens) < MIN_ENTRY_TOKENS
+                or len(tokens) - lose_from < MIN_ENTRY_TOKENS or slot.seq in self._copied
+                or (cache if cache is not None else parking).covers(tokens)):
+            return
+        n = len(tokens)
+        for other in self.slots:
+            if other is not slot and len(other.cached) >= n and other.cached[:n] == tokens:
+                return
+        if parking is not None:
+            seq = parking.stream_for(tokens, self._copied)
+            if seq is None:
+                return
+            L.llama_memory_seq_rm(self.mem, seq, -1, -1)
+            L.llama_memory_seq_cp(self.mem, slot.seq, seq, -1, -1)
+            parking.record(seq, tokens)
+            self._copied.update((slot.seq, seq))
+            log.debug("sequence_parked", seq=slot.seq, stream=seq, n_tokens=n)
+            return
+        size = L.llama_state_seq_get_size(self.ctx, slot.seq)
+        data = bytearray(size)
+        got = L.llama_state_seq_get_data(self.ctx, (ctypes.c_uint8 * size).from_buffer(data), size, slot.seq)
+        if got != size:
+            log.warning("prompt_cache_save_failed", seq=slot.seq, n_tokens=n)
+            return
+        if cache.put(list(tokens), bytes(data)):
+            log.debug("prompt_cache_saved", seq=slot.seq, n_tokens=n, bytes=size, cache_bytes=cache.bytes)
+
+    def _resolve_followers(self) -> None:
+        """Followers whose leader has computed their prefix (or stopped) copy it now."""
+        for slot in self.active:
+            job = slot.job
+            leader = job.leader
+            if leader is None:
+                continue
+            if leader.job is job.leader_job and len(leader.cached) < job.follow_upto:
+                continue
+            if leader.seq in self._copied or slot.seq in self._copied:
+                continue
+            job.leader = job.leader_job = None
+            k = min(common_prefix(leader.cached, job.prompt), len(job.prompt) - 1)
+            if k >= MOVE_MIN_GAIN or k > common_prefix(slot.cached, job.prompt):
+                self._copy_into(slot, leader, job)
+            else:
+                self._take_in_place(slot, job, common_prefix(slot.cached, job.prompt))
+            log.debug("job_follow_resolved", job_id=job.job_id, seq=slot.seq, leader=leader.seq,
+                      n_tokens=job.cached_count)
+
+    def cache_stats(self) -> dict:
+        """The prompt cache and prefix reuse, for /api/runners and /metrics."""
+        out = {"enabled": self.cache is not None or self.parking is not None, "reuse": dict(self.reuse_counts),
+               "tokens_reused": self.tokens_reused, "tokens_computed": self.tokens_computed}
+        if self.cache is not None:
+            out.update(self.cache.stats())
+        if self.parking is not None:
+            out.update(self.parking.stats())
+        return out
+
+    def set_cache_limit(self, limit: int) -> dict:
+        if self.cache is not None:
+            before = self.cache.bytes
+            self.cache.set_limit(limit)
+            log.info("prompt_cache_limit", limit=limit, bytes_before=before, bytes_after=self.cache.bytes)
+        return self.cache_stats()
 
     def _release(self, slot: Slot) -> None:
         job = slot.job
@@ -436,13 +697,17 @@ class Engine:
                 self._finish(slot, "length", events)
                 continue
             generating.append(slot)
-        # Prompt chunks share what is left of n_batch, oldest job first.
+        if any(s.job.leader is not None for s in self.active):
+            self._resolve_followers()
+        # Prompt chunks share what is left of n_batch, the job with the fewest prompt tokens left
+        # first: a short request beside a long prefill gets its first token after one step, not
+        # after the whole long prompt (the long one loses a few tokens of one step).
         chunk: dict[int, int] = {}  # slot.seq -> prompt tokens it puts in this batch
         budget = self.n_batch - len(generating)
         if budget > 0:
-            for slot in self.active:
+            for slot in sorted(self.active, key=_PENDING):
                 job = slot.job
-                if not job.pending:
+                if not job.pending or job.leader is not None:
                     continue
                 room = budget
                 if job.spans:
@@ -457,7 +722,7 @@ class Engine:
                     break
         rows = 0
         if budget > 0 and generating and self.can_draft:
-            rows = self._plan_drafts(generating, budget, shared=len(generating) > 1 or bool(chunk))
+            rows = self.verifier.plan(generating, budget, len(generating) > 1 or bool(chunk), self.row_cost)
         # Written in sequence-id order. With one KV stream per slot, llama.cpp puts into one
         # micro-batch only sequences whose ids increase by one in batch order; any other order
         # (slots taken 2, 0, 3, 1 by prefix reuse) splits every step into several decodes.
@@ -496,6 +761,7 @@ class Engine:
         batch.struct.n_tokens = n
         t0 = time.perf_counter()
         rc = L.llama_decode(self.ctx, batch.struct)
+        self._copied.clear()  # llama.cpp applied the copies before this batch
         if not chunk and generating:
             self.row_cost.observe(len(generating), rows, time.perf_counter() - t0, len(generating) > 1)
         if rc != 0:
@@ -516,7 +782,7 @@ class Engine:
             if not job.t_first:
                 now = now or time.monotonic_ns()
             if job.draft:
-                self._verify(slot, job, i, events, now)
+                self.verifier.verify(slot, job, i, events, now)
             else:
                 self._sample(slot, i, events, now)
 
@@ -558,56 +824,6 @@ class Engine:
             else:
                 events.append([P.EV_PIECE, job.job_id, text, None])
         job.last = tok
-
-    def _plan_drafts(self, generating: list[Slot], budget: int, shared: bool) -> int:
-        """Give generating slots draft tokens out of the ``budget`` that real tokens left over
-        (:func:`.drafting.plan_drafts` decides); returns the draft rows.
-
-        A draft may not reach past the job's context or its ``num_predict``: the step yields up
-        to one token more than it drafts.
-        """
-        candidates = [
-            (slot.job.drafter,
-             min(slot.job.limit - len(slot.cached) - 1, slot.job.max_new - len(slot.job.generated) - 1),
-             slot.job.last)
-            for slot in generating
-        ]
-        rows = 0
-        for slot, draft in zip(generating, plan_drafts(candidates, budget, shared, self.row_cost)):
-            slot.job.draft = draft
-            rows += len(draft)
-        return rows
-
-    def _verify(self, slot: Slot, job: Job, i: int, events: list, now: int) -> None:
-        """Sample row after row while the sampled token is the drafted one; drop the rest.
-
-        Row ``i`` holds the logits after ``job.last``, row ``i + m + 1`` those after draft token
-        ``m``. Each row is sampled with the job's own chain exactly as without drafts (the chain
-        accepts only sampled tokens, and the random stream advances once per generated token), so
-        greedy and seeded output are token-for-token what they would have been. For sampling this
-        is the speculative acceptance rule with a point-mass draft: the draft survives with
-        probability p(draft), and a rejection leaves a token drawn from p without it.
-        """
-        draft, job.draft = job.draft, []
-        drafter = job.drafter
-        drafter.drafted += len(draft)
-        self.drafted += len(draft)  # counted first: the job may finish (and log) mid-draft
-        start = len(slot.cached) - len(draft)  # KV position of the first draft token
-        accepted = 0
-        for m, tok in enumerate(draft):
-            self._sample(slot, i + m, events, now)
-            if slot.job is not job or job.last != tok:
-                break
-            accepted += 1
-            drafter.accepted += 1
-            self.draft_accepted += 1
-        else:
-            self._sample(slot, i + len(draft), events, now)
-        keep = start + accepted
-        if keep < len(slot.cached):
-            L.llama_memory_seq_rm(self.mem, slot.seq, keep, -1)
-            del slot.cached[keep:]
-        drafter.verified(len(draft), accepted)
 
     def _decode_one_image(self, events: list) -> None:
         """Encode and decode the next image of the oldest job that is waiting on one.
@@ -651,6 +867,8 @@ class Engine:
             events.append([P.EV_PIECE, job.job_id, text, job.held_logprobs if job.logprobs else None])
             job.held_logprobs = []
         t_first = job.t_first or now
+        self.tokens_reused += job.cached_count
+        self.tokens_computed += len(job.prompt) - job.cached_count
         events.append(
             [
                 P.EV_DONE,
@@ -667,13 +885,15 @@ class Engine:
                     "cached_count": job.cached_count,
                     "draft_count": drafter.drafted if drafter is not None else 0,
                     "draft_accepted": drafter.accepted if drafter is not None else 0,
+                    "reuse": job.reuse,
+                    "cache_bytes": self.cache.bytes if self.cache is not None else 0,
                 },
             ]
         )
         if drafter is not None and drafter.drafted:
             log.info("job_drafts", job_id=job.job_id, seq=slot.seq, eval_count=len(job.generated),
                      drafted=drafter.drafted, accepted=drafter.accepted,
-                     runner_drafted=self.drafted, runner_accepted=self.draft_accepted)
+                     runner_drafted=self.verifier.drafted, runner_accepted=self.verifier.accepted)
         self._release(slot)
 
     def _decode_failed(self, rc: int, events: list) -> None:
@@ -702,6 +922,8 @@ class Engine:
         L.llama_memory_clear(self.mem, True)
         for slot in self.slots:
             slot.cached.clear()
+        if self.parking is not None:
+            self.parking.clear()
         if events:
             try:
                 self.emit(events)

@@ -71,6 +71,15 @@ class RunnerSpec:
     )
     #: the vision projector (mmproj GGUF) that lets the model see images, if it has one
     projector: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    #: take prefixes from other slots and the prompt cache (False: each slot reuses only its own)
+    share_prefixes: bool = True
+    #: bytes of saved sequence states the runner keeps in RAM (0: no prompt cache)
+    prompt_cache_bytes: int = 0
+    #: where saved states also go, to survive reloads and restarts (None: no disk tier)
+    prompt_cache_dir: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    prompt_cache_disk_bytes: int = 0
+    #: spare KV streams where sequences are parked (models whose saved states do not restore)
+    n_park: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen
@@ -141,6 +150,11 @@ class Done:
     #: prompt-lookup draft tokens put in batches for this job, and how many the model confirmed
     draft_count: int = 0
     draft_accepted: int = 0
+    #: where the reused prompt prefix came from: "slot" (the job's own slot), "copy" (another
+    #: slot, copied in the KV cache), "ram" or "disk" (the prompt cache); "" when nothing was reused
+    reuse: str = ""
+    #: the runner's prompt cache (RAM tier) after this job, for the scheduler's memory ledger
+    cache_bytes: int = 0
 
 
 @attrs.frozen
@@ -189,6 +203,8 @@ class RunnerFacts:
     kv_unified: bool
     can_shift: bool
     vision: bool = False
+    #: whether saved states of this model restore exactly, so the runner keeps a prompt cache
+    prompt_cache: bool = False
 
 
 class RunnerError(Exception):

@@ -341,14 +341,16 @@ def create_generation_context(
     n_threads: int,
     flash_attn: bool | None,
     kv_cache_type: str,
+    n_park: int = 0,
 ) -> int:
-    """One context whose KV cache gives each of ``n_parallel`` sequences ``n_ctx`` cells."""
+    """One context whose KV cache gives each of ``n_parallel`` sequences ``n_ctx`` cells, and
+    ``n_park`` more streams of the same size where the engine parks sequences (prompt cache)."""
     per_slot = -(-n_ctx // 256) * 256  # llama.cpp pads each stream to 256 cells anyway
     cp = _base_context_params(n_threads, flash_attn, kv_cache_type)
-    cp.n_ctx = per_slot * n_parallel
+    cp.n_ctx = per_slot * (n_parallel + n_park)
     cp.n_batch = n_batch
     cp.n_ubatch = min(n_batch, 512)
-    cp.n_seq_max = n_parallel
+    cp.n_seq_max = n_parallel + n_park
     cp.kv_unified = False
     cp.embeddings = False
     ctx = L.llama_init_from_model(model.ptr, cp)

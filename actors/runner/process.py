@@ -115,7 +115,7 @@ def _reader(engine, model, stdin, writer: FrameWriter, log) -> None:
                     writer.send([[P.EV_REPLY, msg[1], model.detokenize(tokens)]])
                 except Exception as exc:
                     writer.send([[P.EV_ERROR, msg[1], str(exc), "bad_request"]])
-            elif op in (P.OP_EMBED, P.OP_SLOTS, P.OP_THREADS):
+            elif op in (P.OP_EMBED, P.OP_SLOTS, P.OP_THREADS, P.OP_CACHE_LIMIT):
                 engine.submit(tuple(msg))
             elif op == P.OP_STOP:
                 log.info("stop_requested")
@@ -126,6 +126,26 @@ def _reader(engine, model, stdin, writer: FrameWriter, log) -> None:
         log.exception("reader_failed")
     finally:
         engine.stop()
+
+
+def _prompt_cache(spec, llama_cpp, log):
+    """The runner's prompt cache from its spec: RAM tier, and the disk tier if it has a folder."""
+    from trillama.actors.runner.prompt_cache import DiskTier, PromptCache, namespace
+
+    if not spec.share_prefixes or (spec.prompt_cache_bytes <= 0 and spec.prompt_cache_dir is None):
+        return None
+    disk = None
+    if spec.prompt_cache_dir is not None and spec.prompt_cache_disk_bytes > 0:
+        stat = spec.model_path.stat()
+        # What a saved state depends on: the weights, the adapters, how the KV cache stores them.
+        ns = namespace(spec.model_path.name, stat.st_size, [str(a) for a in spec.adapters],
+                       spec.kv_cache_type, spec.flash_attn, llama_cpp.__version__,
+                       getattr(llama_cpp, "LLAMA_STATE_SEQ_VERSION", None))
+        try:
+            disk = DiskTier(spec.prompt_cache_dir / ns, spec.prompt_cache_disk_bytes)
+        except OSError as exc:
+            log.warning("prompt_cache_disk_unavailable", dir=str(spec.prompt_cache_dir), error=str(exc))
+    return PromptCache(spec.prompt_cache_bytes, disk)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -171,6 +191,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
             n_threads=spec.n_threads,
             flash_attn=spec.flash_attn,
             kv_cache_type=spec.kv_cache_type,
+            n_park=spec.n_park if spec.share_prefixes else 0,
         )
         native.apply_adapters(model, ctx, spec.adapters)
         vision = None
@@ -189,6 +210,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     engine = Engine(
         model,
         ctx,
+        cache=_prompt_cache(spec, llama_cpp, log),
+        n_park=spec.n_park if spec.share_prefixes else 0,
         n_ctx=spec.n_ctx,
         n_parallel=spec.n_parallel,
         n_batch=spec.n_batch,
@@ -196,6 +219,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         emit=writer.send,
         vision=vision,
     )
+    if not spec.share_prefixes:
+        engine.can_copy = False
     facts = {
         "n_ctx": spec.n_ctx,
         "n_ctx_train": model.n_ctx_train,
@@ -210,6 +235,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         "add_bos": model.add_bos,
         "kv_unified": False,
         "can_shift": engine.can_shift,
+        "prompt_cache": engine.cache is not None,
         "vision": vision is not None,
     }
     log.info("runner_ready", pid=os.getpid(), model=str(spec.model_path),

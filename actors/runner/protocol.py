@@ -31,6 +31,7 @@ __all__ = [
     "OP_EMBED",
     "OP_SLOTS",
     "OP_THREADS",
+    "OP_CACHE_LIMIT",
     "OP_STOP",
     "EV_READY",
     "EV_LOAD_FAILED",
@@ -53,6 +54,7 @@ OP_DETOKENIZE = "detok"  # [op, req_id, tokens]
 OP_EMBED = "embed"  # [op, req_id, inputs, truncate]
 OP_SLOTS = "slots"  # [op, req_id] → {"slots": [slot state…], "n_threads": n}
 OP_THREADS = "threads"  # [op, n]: decode with n threads from the next step on (no reply)
+OP_CACHE_LIMIT = "cache_limit"  # [op, req_id, bytes] → prompt cache stats after shrinking to bytes
 OP_STOP = "stop"  # [op]
 
 # runner → server (each frame is a list of these)

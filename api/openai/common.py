@@ -170,11 +170,12 @@ def format_grammar(fmt: Any) -> str | None:
         raise APIError(400, str(exc)) from None
 
 
-def chat_usage(done: Done) -> dict[str, int]:
+def chat_usage(done: Done) -> dict[str, Any]:
     # The full prompt length: tokens evaluated now plus tokens reused from the slot's cache.
     prompt = done.prompt_eval_count + done.cached_count
     return {"prompt_tokens": prompt, "completion_tokens": done.eval_count,
-            "total_tokens": prompt + done.eval_count}
+            "total_tokens": prompt + done.eval_count,
+            "prompt_tokens_details": {"cached_tokens": done.cached_count}}
 
 
 def finish_reason(done_reason: str, tool_calls: bool) -> str:
