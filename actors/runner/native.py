@@ -283,6 +283,18 @@ class Model:
             self.ptr = None
 
 
+def _cpu_has_amx() -> bool:
+    """Does this CPU advertise AMX tiles (Linux ``/proc/cpuinfo``)?"""
+    try:
+        with open("/proc/cpuinfo", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"flags"):
+                    return b"amx_tile" in line.split()
+    except OSError:
+        pass
+    return False
+
+
 def load_model(
     path: Path,
     *,
@@ -294,6 +306,12 @@ def load_model(
     params = L.llama_model_default_params()
     params.n_gpu_layers = 0x7FFFFFFF if n_gpu_layers < 0 else n_gpu_layers
     params.load_mode = L.LLAMA_LOAD_MODE_MMAP if use_mmap else L.LLAMA_LOAD_MODE_NONE
+    if _cpu_has_amx():
+        # The engine's AMX weight buffers fault on the first matrix product (a general protection
+        # fault at ``ldtilecfg`` in ggml_backend_amx_mul_mat, every process, every model) on the
+        # AMX hosts this project runs on; without the extra buffer types the weights stay in
+        # plain CPU buffers and every decode works.
+        params.use_extra_bufts = False
     ptr = L.llama_model_load_from_file(str(path).encode(), params)
     if not ptr:
         raise LoadError(f"unable to load model: {path}")
