@@ -20,7 +20,7 @@ from trillama import __version__
 from trillama.api import access, anthropic, health, inference, manage, metrics, openai, registry
 from trillama.api.metrics import Metrics
 from trillama.api.context import Services
-from trillama.api.cors import CorsPolicy
+from trillama.api.cors import CorsPolicy, refuse_cross_site
 from trillama.api.hosts import host_allowed, is_loopback_bind
 from trillama.api.errors import APIError, error_body
 from trillama.api.streaming import json_response
@@ -110,6 +110,9 @@ def create_app(services: Services) -> QuartTrio:
             route=request.url_rule.rule if request.url_rule is not None else "unmatched"))
         if guard_hosts and not host_allowed(request.headers.get("Host")):
             return Response("", status=403)
+        refused = refuse_cross_site(cors, request.path, request.headers)
+        if refused is not None:
+            return refused
         if request.method == "OPTIONS":
             headers = cors.headers_for(request.headers.get("Origin"), preflight=True)
             return Response("", status=204 if headers or not request.headers.get("Origin") else 403,
