@@ -25,6 +25,7 @@ from pathlib import Path
 import llama_cpp as L
 import numpy as np
 
+from trillama.actors.runner.tokenizing import MIN_FAST_BYTES, FastTokenizer, NotFast
 from trillama.logs import get_logger
 
 __all__ = [
@@ -252,11 +253,33 @@ class Model:
         """
         if self.proven_too_long(text, max_tokens):
             return None
-        tokens = self.tokenize(text, add_special=add_special, parse_special=parse_special)
-        return tokens if len(tokens) <= max_tokens else None
+        tokens = self._tokenize(text, add_special, parse_special, max_tokens)
+        return tokens if tokens is not None and len(tokens) <= max_tokens else None
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        tokens = self._tokenize(text, add_special, parse_special, None)
+        assert tokens is not None
+        return tokens
+
+    def _tokenize(self, text: str, add_special: bool, parse_special: bool, limit: int | None) -> list[int] | None:
+        """Long texts take the linear path of :mod:`.tokenizing` (llama.cpp's own special-token
+        split is super-linear, issue 24), with the same tokens; short ones llama.cpp's."""
         data = text.encode("utf-8", errors="replace")
+        if parse_special and len(data) >= MIN_FAST_BYTES:
+            fast = self._fast_tokenizer()
+            try:
+                return fast.tokenize(data, add_special=add_special, limit=limit, llama_tokenize=self._llama_tokenize)
+            except NotFast:
+                pass
+        return self._llama_tokenize(data, add_special, parse_special)
+
+    def _fast_tokenizer(self) -> FastTokenizer:
+        fast = getattr(self, "_fast", None)
+        if fast is None:  # built once, when the first long text arrives (two threads may race: harmless)
+            fast = self._fast = FastTokenizer(self.vocab, self.n_vocab)
+        return fast
+
+    def _llama_tokenize(self, data: bytes, add_special: bool, parse_special: bool = True) -> list[int]:
         cap = len(data) + 8
         while True:
             arr = (L.llama_token * cap)()
