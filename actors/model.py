@@ -47,6 +47,9 @@ log = get_logger("trillama.actors.model")
 
 _job_ids = itertools.count(1)
 
+#: How long a request that left early waits for the runner's counts of its cancelled job.
+CANCEL_ANSWER_SECONDS = 2.0
+
 
 class ServerBusy(Exception):
     """The model's queue is full; the client should retry later (HTTP 503)."""
@@ -356,6 +359,9 @@ class Lease:
     #: whether the request had to wait for a free slot, and for how long in all (seconds)
     queued: bool = False
     queued_s: float = 0.0
+    #: a generation left before its end: the runner's counts for it (``done_reason "cancel"``)
+    cancelled: Any = None
+    _running: "_Job | None" = None
 
     def num_ctx_for(self, requested: Any) -> int:
         """The context a request may use: what it asked for, at most what the runner holds.
@@ -384,14 +390,32 @@ class Lease:
             running = None
         else:
             running, receive = await self.actor._submit(self, "generate", job)
+        self._running = running
         try:
             async with receive:
                 yield receive
         finally:
             # Leaving early (client gone, error): stop the job in the runner at once rather
             # than at its next token.
-            if running is not None and running.handle is not None:
-                running.handle.cancel()
+            await self.stop_generation()
+            self._running = None
+
+    async def stop_generation(self) -> None:
+        """Cancel this lease's generation if it is still running, and keep its counts.
+
+        What it cost goes to the request's log line: the runner answers the cancel at its next
+        step. The wait is bounded, and shielded (the request is usually being cancelled).
+        """
+        running = self._running
+        if running is None or running.handle is None:
+            return
+        handle = running.handle
+        early = not handle.finished.is_set()
+        handle.cancel()
+        if early:
+            with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_ANSWER_SECONDS):
+                await handle.cancel_answered.wait()
+            self.cancelled = handle.cancelled_counts
 
     def _too_long(self, text: str, max_tokens: int) -> bool:
         from trillama.actors.runner.messages import TEXT_BYTES_PER_TOKEN

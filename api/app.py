@@ -108,6 +108,7 @@ def create_app(services: Services) -> QuartTrio:
             request_id=request_id, method=request.method, path=request.path,
             client=request.remote_addr, user_agent=request.headers.get("User-Agent"),
             route=request.url_rule.rule if request.url_rule is not None else "unmatched"))
+        request.scope[access.SCOPE_KEY] = request.access  # type: ignore[attr-defined]
         if guard_hosts and not host_allowed(request.headers.get("Host")):
             return Response("", status=403)
         refused = refuse_cross_site(cors, request.path, request.headers)
@@ -196,4 +197,5 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(anthropic.blueprint)
     app.register_blueprint(metrics.blueprint)
     health.install(app, services.lifecycle)
+    app.asgi_app = access.log_unanswered(app.asgi_app)  # type: ignore[method-assign]
     return app

@@ -143,8 +143,15 @@ async def model_lease(
     try:
         yield lease
     finally:
+        # A generation still running here lost its consumer (the client left): stop it now, not
+        # when its generator is collected, and log what it did.
+        await lease.stop_generation()
         if entry is not None:
             entry.queued, entry.queue_s = lease.queued, lease.queued_s
+            if lease.cancelled is not None:
+                cancelled = lease.cancelled
+                entry.prompt_tokens, entry.generated_tokens = cancelled.prompt_eval_count, cancelled.eval_count
+                entry.done_reason = cancelled.done_reason
         lease.release()
 
 
