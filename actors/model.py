@@ -29,6 +29,7 @@ import attrs
 import trio
 
 from trillama.actors.memory import MemoryEstimate, Placement
+from trillama.actors.runner.messages import TEXT_BYTES_PER_TOKEN, RunnerRequestError
 from trillama.logs import get_logger
 
 if TYPE_CHECKING:
@@ -227,7 +228,10 @@ class ModelActor:
             async with job.events:
                 if job.kind == "embed":
                     inputs, truncate = job.payload
-                    result = await self.runner.embed(inputs, truncate)
+                    try:
+                        result = await self.runner.embed(inputs, truncate)
+                    except RunnerRequestError as exc:
+                        result = exc  # the request's own error (an input over the context…): its to raise
                     await job.events.send(result)
                 else:  # pragma: no cover - programming error
                     raise ValueError(job.kind)
@@ -425,9 +429,20 @@ class Lease:
 
 
     async def embed(self, inputs: list[str], truncate: bool) -> Any:
+        """Raw vectors and token counts; :class:`RunnerRequestError` for an input the runner
+        refuses (kind ``context_exceeded``: over the context without ``truncate``)."""
+        bound = max(1, self.actor.num_ctx) * TEXT_BYTES_PER_TOKEN
+        if any(len(text) > bound for text in inputs):
+            # Proven longer than the context by length alone: refused, or cut to what can still
+            # hold a context's worth of tokens, before crossing to the runner.
+            if not truncate:
+                raise RunnerRequestError("the input length exceeds the context length", "context_exceeded")
+            inputs = [text[:bound] for text in inputs]
         _, receive = await self.actor._submit(self, "embed", (inputs, truncate))
         async with receive:
             async for result in receive:
+                if isinstance(result, RunnerRequestError):
+                    raise result
                 return result
         raise ModelGone(self.actor.name)
 
