@@ -180,14 +180,17 @@ def test_embed_over_the_context_without_truncation_is_400(server):
 def test_a_huge_embed_input_does_not_grow_the_runner(start_server):
     server = start_server({"TRILLAMA_MAX_BODY_SIZE": "100MiB"})
     with server.client(timeout=300) as http:
-        r = http.post("/api/embed", json={"model": SMOL, "input": "warm up"})
+        # a normal input longer than one decode chunk: what any embedding costs is counted before
+        small_context = {"num_ctx": 1024}  # a quicker test; the memory is the same story at 4096
+        r = http.post("/api/embed", json={"model": SMOL, "input": "warm up " * 200, "options": small_context})
         assert r.status_code == 200
         before = runner_rss(server)
         assert before > 0
         for text in ("a " * (30 * 10**6), "b" * (60 * 10**6)):  # 60 MB each: words, and one long "word"
-            r = http.post("/api/embed", json={"model": SMOL, "input": text, "truncate": True})
+            r = http.post("/api/embed", json={"model": SMOL, "input": text, "truncate": True,
+                                              "options": small_context})
             assert r.status_code == 200, r.text[:300]
-            assert r.json()["prompt_eval_count"] == 4096
+            assert r.json()["prompt_eval_count"] == 1024
         after = runner_rss(server)
         assert after < before + 100 * 2**20, (before >> 20, after >> 20)
 

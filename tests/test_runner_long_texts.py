@@ -156,3 +156,48 @@ async def test_a_cancel_is_answered_with_the_jobs_counts():
         # and the runner still serves
         events = [e async for e in runner.run_job("j3", GenerateJob(prompt="Hi", num_predict=2, temperature=0))]
         assert isinstance(events[-1], Done) and events[-1].eval_count == 2
+
+
+# --------------------------------------------------------------------- embeddings in chunks
+def _pooled_by_llama_cpp(model: native.Model, tokens: list[int], n_ctx: int) -> list[float]:
+    """The same input pooled the old way: one decode of the whole input, llama.cpp's mean."""
+    import ctypes
+
+    ctx = native.create_embedding_context(model, n_ctx=n_ctx, n_seq=1, n_threads=1)
+    try:
+        batch = native.Batch(n_ctx)
+        n = batch.add_run(0, tokens, 0, 0, logits_last=False)
+        batch.np_logits[:n] = 1
+        batch.struct.n_tokens = n
+        assert L.llama_decode(ctx, batch.struct) == 0
+        ptr = L.llama_get_embeddings_seq(ctx, 0)
+        return list(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float))[: model.n_embd_out])
+    finally:
+        L.llama_free(ctx)
+
+
+def _cosine(a, b) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / (sum(x * x for x in a) ** 0.5 * sum(y * y for y in b) ** 0.5)
+
+
+def test_embeddings_in_chunks_equal_llama_cpps_pooling_with_memory_bounded_by_the_chunk(smollm2):
+    import psutil
+
+    from trillama.actors.runner.embedding import Embedder
+
+    embedder = Embedder(smollm2, n_ctx=1024, n_threads=1)
+    try:
+        assert embedder.chunk == Embedder.CHUNK  # SmolLM2 has a KV cache: chunks
+        text = " ".join(f"word{i} of a long input" for i in range(200))
+        short = ["The cat sat on the mat.", "Quantum chromodynamics"]
+        rss = psutil.Process().memory_info().rss
+        vectors, counts = embedder.embed([text, *short], truncate=True)
+        grown = psutil.Process().memory_info().rss - rss
+        assert counts[0] > Embedder.CHUNK * 2  # the long input took several decodes
+        for vector, tokens in zip(vectors, [embedder._tokens(t, True) for t in [text, *short]]):
+            assert _cosine(vector, _pooled_by_llama_cpp(smollm2, tokens, 1024)) > 0.9999
+        # the logits rows of one chunk, not of the whole input (~200 MB here for 1,000 tokens)
+        assert grown < 120 * 2**20, grown >> 20
+    finally:
+        embedder.close()
