@@ -85,7 +85,7 @@ async def serve(settings: Settings) -> None:
     config.accesslog = None
     config.errorlog = None
     config.keep_alive_timeout = 75.0
-    install_tcp_server(settings.header_timeout, settings.body_timeout)
+    install_tcp_server(settings.header_timeout, settings.body_timeout, settings.body_min_rate)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(watch_signals, nursery)
