@@ -22,7 +22,7 @@ from trillama.api.metrics import Metrics
 from trillama.api.context import Services
 from trillama.api.cors import CorsPolicy, refuse_cross_site
 from trillama.api.hosts import host_allowed, is_loopback_bind
-from trillama.api.errors import APIError, error_body
+from trillama.api.errors import APIError, error_body, has_protocol_shape
 from trillama.api.streaming import json_response
 from trillama.logs import get_logger
 
@@ -155,10 +155,16 @@ def create_app(services: Services) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
-        if code in (404, 405):
+        if code in (404, 405) and not has_protocol_shape(request.path):
             # Ollama (gin) answers unknown paths and wrong methods in plain text.
             text = {404: "404 page not found", 405: "405 method not allowed"}[code]
             return Response(text, status=code, content_type="text/plain")
+        if code in (404, 405):  # under /v1: the protocol's error object, which its SDKs parse
+            allowed = ", ".join(sorted(getattr(exc, "valid_methods", None) or ()))
+            message = (f"Invalid URL ({request.method} {request.path})" if code == 404 else
+                       f"{request.method} is not allowed for {request.path} (allowed: {allowed})")
+            access.note(error=message)
+            return json_response(error_body(request.path, code, message), status=code)
         message = {413: f"request body too large (the limit is {services.settings.max_body_size} bytes; "
                          "set TRILLAMA_MAX_BODY_SIZE to change it)",
                    408: "timed out reading the request body"}.get(code, exc.description or exc.name)

@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 import attrs
 
 __all__ = ["APIError", "openai_error_type", "openai_error_body", "SERVER_BUSY", "ErrorShape",
-           "register_error_shape", "error_body", "native_error_body", "openai_error_shape"]
+           "register_error_shape", "error_body", "native_error_body", "openai_error_shape", "has_protocol_shape"]
 
 SERVER_BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
@@ -69,6 +69,11 @@ def register_error_shape(prefix: str, shape: ErrorShape) -> None:
     Ollama's ``{"error": message}``. Call at import time of the module that owns the routes.
     """
     _SHAPES[prefix] = shape
+
+
+def has_protocol_shape(path: str) -> bool:
+    """Does ``path`` belong to a protocol with its own error shape (``/v1/…``), not Ollama's?"""
+    return any(path.startswith(prefix) for prefix in _SHAPES)
 
 
 def error_body(path: str, status: int, message: str) -> dict:
