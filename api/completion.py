@@ -90,7 +90,7 @@ def resolve_model(name: str | None, *, empty_status: int = 404, empty_message: s
     except ModelNotFound:
         raise APIError(404, f"model '{name}' not found") from None
     except BlobMissing as exc:
-        raise APIError(500, exc.message) from None
+        raise APIError(404, exc.message) from None
 
 
 def parse_keep_alive_field(value: Any) -> float | None:
