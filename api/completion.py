@@ -8,6 +8,7 @@ Ollama's status codes and messages; each route decides how they look on the wire
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -30,6 +31,7 @@ __all__ = [
     "run_job",
     "parse_keep_alive_field",
     "coerce_request_options",
+    "check_token_limit",
     "now_rfc3339",
     "Timer",
 ]
@@ -112,6 +114,17 @@ def coerce_request_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         return dict(coerce_options(options))
     except OptionError as exc:
         raise APIError(400, str(exc)) from None
+
+
+def check_token_limit(field: str, value: Any) -> None:
+    """400 for a token limit (``max_tokens``, ``max_output_tokens``…) no 64-bit integer holds, by
+    the rule native ``num_predict`` follows; values up to that mean "until the context is full"."""
+    from trillama.store.options import int64_problem
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        problem = int64_problem(int(value))
+        if problem:
+            raise APIError(400, f"{field} {problem}")
 
 
 @asynccontextmanager

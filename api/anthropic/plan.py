@@ -27,7 +27,7 @@ from trillama.api.anthropic.translate import (
     stop_sequences,
     think_value,
 )
-from trillama.api.completion import coerce_request_options, parse_keep_alive_field, resolve_model
+from trillama.api.completion import check_token_limit, coerce_request_options, parse_keep_alive_field, resolve_model
 from trillama.api.errors import APIError
 from trillama.api.prompting import check_think, forced_tool_call, require_vision
 from trillama.logs import get_logger
@@ -142,6 +142,7 @@ def _plan(req: _Conversation, options: dict[str, Any]) -> Plan:
 def plan_messages(req: MessagesRequest) -> Plan:
     if req.max_tokens is None:
         raise APIError(400, "max_tokens: field required")
+    check_token_limit("max_tokens", req.max_tokens)
     if req.max_tokens < 1:
         raise APIError(400, f"max_tokens: must be at least 1, got {req.max_tokens}")
     _check_range("temperature", req.temperature, 0.0, 1.0)
