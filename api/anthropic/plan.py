@@ -67,7 +67,15 @@ class MessagesRequest(_Conversation):
 
 @attrs.define
 class CountTokensRequest(_Conversation):
-    pass
+    # Fields of a Messages request that counting does not use: accepted (a client may count the
+    # request it is about to send), but with their types checked, as Anthropic checks them.
+    max_tokens: int | None = None
+    stop_sequences: Any = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stream: bool | None = None
+    metadata: dict[str, Any] | None = None
 
 
 @attrs.frozen
@@ -155,4 +163,5 @@ def plan_messages(req: MessagesRequest) -> Plan:
 
 
 def plan_count(req: CountTokensRequest) -> Plan:
+    stop_sequences(req.stop_sequences)  # its shape is checked by hand (it takes several)
     return _plan(req, {})
