@@ -231,7 +231,7 @@ class ModelActor:
                     try:
                         result = await self.runner.embed(inputs, truncate)
                     except RunnerRequestError as exc:
-                        result = exc  # the request's own error (an input over the context…): its to raise
+                        result = exc  # the request's own error (an input over the context…), for it to raise
                     await job.events.send(result)
                 else:  # pragma: no cover - programming error
                     raise ValueError(job.kind)
