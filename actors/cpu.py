@@ -32,6 +32,7 @@ __all__ = [
     "share_threads",
     "available_cpus",
     "default_threads",
+    "thread_limit",
     "cgroup_cpu_limit",
     "ForeignLoad",
     "decode_budget",
@@ -145,6 +146,16 @@ def available_cpus() -> float:
     cpus = float(_affinity())
     limit = cgroup_cpu_limit()
     return min(cpus, limit) if limit is not None else cpus
+
+
+def thread_limit() -> int:
+    """The most decode threads a request may ask for: the cores this process may run on.
+
+    More threads than cores only spin against each other at llama.cpp's barriers (``num_thread``
+    10000 made 1,024 threads and 3 tokens took 16 s, issue 24). A fractional quota rounds up: a
+    user who asks for every core of a 1.5-core quota gets 2.
+    """
+    return max(1, math.ceil(available_cpus() - 1e-9))
 
 
 def default_threads() -> int:

@@ -36,6 +36,7 @@ import trio
 
 from trillama.actors.fair import FairQueue
 from trillama.actors.memory import MemoryEstimate, Placement
+from trillama.actors.runner.messages import TEXT_BYTES_PER_TOKEN, RunnerRequestError
 from trillama.logs import get_logger
 
 if TYPE_CHECKING:
@@ -53,6 +54,9 @@ __all__ = [
 log = get_logger("trillama.actors.model")
 
 _job_ids = itertools.count(1)
+
+#: How long a request that left early waits for the runner's counts of its cancelled job.
+CANCEL_ANSWER_SECONDS = 2.0
 
 
 class ServerBusy(Exception):
@@ -229,7 +233,10 @@ class ModelActor:
             async with job.events:
                 if job.kind == "embed":
                     inputs, truncate = job.payload
-                    result = await self.runner.embed(inputs, truncate)
+                    try:
+                        result = await self.runner.embed(inputs, truncate)
+                    except RunnerRequestError as exc:
+                        result = exc  # the request's own error (an input over the context…), for it to raise
                     await job.events.send(result)
                 else:  # pragma: no cover - programming error
                     raise ValueError(job.kind)
@@ -409,6 +416,9 @@ class Lease:
     #: whether the request had to wait for a free slot, and for how long in all (seconds)
     queued: bool = False
     queued_s: float = 0.0
+    #: a generation left before its end: the runner's counts for it (``done_reason "cancel"``)
+    cancelled: Any = None
+    _running: "_Job | None" = None
 
     def num_ctx_for(self, requested: Any) -> int:
         """The context a request may use: what it asked for, at most what the runner holds.
@@ -442,14 +452,32 @@ class Lease:
             running = None
         else:
             running, receive = await self.actor._submit(self, "generate", job)
+        self._running = running
         try:
             async with receive:
                 yield receive
         finally:
             # Leaving early (client gone, error): stop the job in the runner at once rather
             # than at its next token.
-            if running is not None and running.handle is not None:
-                running.handle.cancel()
+            await self.stop_generation()
+            self._running = None
+
+    async def stop_generation(self) -> None:
+        """Cancel this lease's generation if it is still running, and keep its counts.
+
+        What it cost goes to the request's log line: the runner answers the cancel at its next
+        step. The wait is bounded, and shielded (the request is usually being cancelled).
+        """
+        running = self._running
+        if running is None or running.handle is None:
+            return
+        handle = running.handle
+        early = not handle.finished.is_set()
+        handle.cancel()
+        if early:
+            with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_ANSWER_SECONDS):
+                await handle.cancel_answered.wait()
+            self.cancelled = handle.cancelled_counts
 
     def _too_long(self, text: str, max_tokens: int) -> bool:
         from trillama.actors.runner.messages import TEXT_BYTES_PER_TOKEN
@@ -459,9 +487,20 @@ class Lease:
 
 
     async def embed(self, inputs: list[str], truncate: bool) -> Any:
+        """Raw vectors and token counts; :class:`RunnerRequestError` for an input the runner
+        refuses (kind ``context_exceeded``: over the context without ``truncate``)."""
+        bound = max(1, self.actor.num_ctx) * TEXT_BYTES_PER_TOKEN
+        if any(len(text) > bound for text in inputs):
+            # Proven longer than the context by length alone: refused, or cut to what can still
+            # hold a context's worth of tokens, before crossing to the runner.
+            if not truncate:
+                raise RunnerRequestError("the input length exceeds the context length", "context_exceeded")
+            inputs = [text[:bound] for text in inputs]
         _, receive = await self.actor._submit(self, "embed", (inputs, truncate))
         async with receive:
             async for result in receive:
+                if isinstance(result, RunnerRequestError):
+                    raise result
                 return result
         raise ModelGone(self.actor.name)
 

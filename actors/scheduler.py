@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import attrs
 import trio
 
-from trillama.actors.cpu import ForeignLoad, available_cpus, decode_budget, share_threads
+from trillama.actors.cpu import ForeignLoad, available_cpus, decode_budget, share_threads, thread_limit
 from trillama.actors.memory import Device, Placement, discover_devices, estimate, place
 from trillama.actors.model import LoadFailed, LoadOptions, Lease, ModelActor, ModelGone, ServerBusy
 from trillama.config import Settings
@@ -158,6 +158,10 @@ class Scheduler:
         # Ollama lets the runtime decide when num_thread or num_batch is zero or negative; C ints
         # cap the rest (a num_thread of -5 or 2**40 must not reach llama.cpp as such).
         num_thread = int(params.get("num_thread") or 0)
+        if num_thread > (limit := thread_limit()):
+            log.warning("num_thread_clamped", model=str(getattr(record.name, "display", record.name)), requested=num_thread, limit=limit,
+                        reason="more threads than the cores this process may use (CPU affinity, cgroup quota)")
+            num_thread = limit
         num_batch = int(params.get("num_batch") or 0)
         num_gpu = int(params.get("num_gpu", -1) if params.get("num_gpu") is not None else -1)
         return LoadOptions(
@@ -165,7 +169,7 @@ class Scheduler:
             num_parallel=max(1, num_parallel),
             num_batch=min(num_batch, num_ctx) if num_batch > 0 else 512,
             num_gpu=min(num_gpu, 1 << 16) if num_gpu >= 0 else -1,
-            num_thread=min(num_thread, 1024) if num_thread > 0 else self.settings.effective_num_threads,
+            num_thread=num_thread if num_thread > 0 else self.settings.effective_num_threads,
             use_mmap=bool(params.get("use_mmap", True)),
             kv_cache_type=self.settings.kv_cache_type,
             flash_attention=self.settings.flash_attention,

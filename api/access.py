@@ -18,7 +18,7 @@ import attrs
 
 from trillama.logs import get_logger
 
-__all__ = ["AccessRecord", "begin", "current", "note"]
+__all__ = ["AccessRecord", "begin", "current", "note", "log_unanswered", "SCOPE_KEY"]
 
 log = get_logger("trillama.access")
 
@@ -82,6 +82,32 @@ class AccessRecord:
 
 
 _current: contextvars.ContextVar[AccessRecord | None] = contextvars.ContextVar("trillama_access", default=None)
+
+#: Where a request's record also lives: its ASGI scope, which outlives the handler's task.
+SCOPE_KEY = "trillama.access"
+
+
+def log_unanswered(inner: Any) -> Any:
+    """Wrap an ASGI app so that every request that got a record logs it, answered or not.
+
+    A response logs its line once its body has been sent (or abandoned). A client that leaves
+    before the answer exists — a non-streaming generation it stopped waiting for — cancels the
+    handler, so no response, and no line, was ever made: here, after the app is done with the
+    request, such a record is written with status 499 (nginx's "client closed request").
+    """
+
+    async def asgi(scope: dict, receive: Any, send: Any) -> None:
+        try:
+            await inner(scope, receive, send)
+        finally:
+            record = scope.get(SCOPE_KEY)
+            if record is not None and not record.written:
+                if record.status is None:
+                    record.status = 499
+                record.error = record.error or "client disconnected"
+                record.write()
+
+    return asgi
 
 
 def begin(record: AccessRecord) -> AccessRecord:

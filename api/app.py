@@ -23,9 +23,9 @@ from trillama.api import access, anthropic, auth, health, metrics, openai
 from trillama.api.ollama import inference, manage, registry
 from trillama.api.metrics import Metrics
 from trillama.api.context import Services
-from trillama.api.cors import CorsPolicy
+from trillama.api.cors import CorsPolicy, refuse_cross_site
 from trillama.api.hosts import host_allowed, is_loopback_bind
-from trillama.api.errors import APIError, error_body, error_status
+from trillama.api.errors import APIError, error_body, error_status, has_protocol_shape
 from trillama.api.streaming import json_response
 from trillama.logs import get_logger
 
@@ -111,8 +111,12 @@ def create_app(services: Services) -> QuartTrio:
             request_id=request_id, method=request.method, path=request.path,
             client=request.remote_addr, user_agent=request.headers.get("User-Agent"),
             route=request.url_rule.rule if request.url_rule is not None else "unmatched"))
+        request.scope[access.SCOPE_KEY] = request.access  # type: ignore[attr-defined]
         if guard_hosts and not host_allowed(request.headers.get("Host")):
             return Response("", status=403)
+        refused = refuse_cross_site(cors, request.path, request.headers)
+        if refused is not None:
+            return refused
         if request.method == "OPTIONS":
             headers = cors.headers_for(request.headers.get("Origin"), preflight=True)
             return Response("", status=204 if headers or not request.headers.get("Origin") else 403,
@@ -154,10 +158,16 @@ def create_app(services: Services) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
-        if code in (404, 405):
+        if code in (404, 405) and not has_protocol_shape(request.path):
             # Ollama (gin) answers unknown paths and wrong methods in plain text.
             text = {404: "404 page not found", 405: "405 method not allowed"}[code]
             return Response(text, status=code, content_type="text/plain")
+        if code in (404, 405):  # under /v1: the protocol's error object, which its SDKs parse
+            allowed = ", ".join(sorted(getattr(exc, "valid_methods", None) or ()))
+            message = (f"Invalid URL ({request.method} {request.path})" if code == 404 else
+                       f"{request.method} is not allowed for {request.path} (allowed: {allowed})")
+            access.note(error=message)
+            return json_response(error_body(request.path, code, message), status=code)
         message = {413: f"request body too large (the limit is {services.settings.max_body_size} bytes; "
                          "set TRILLAMA_MAX_BODY_SIZE to change it)",
                    408: "timed out reading the request body"}.get(code, exc.description or exc.name)
@@ -198,4 +208,5 @@ def create_app(services: Services) -> QuartTrio:
     app.register_blueprint(metrics.blueprint)
     auth.install(app, services.settings)  # API keys, scopes, per-key limits (docs/security.md)
     health.install(app, services.lifecycle)
+    app.asgi_app = access.log_unanswered(app.asgi_app)  # type: ignore[method-assign]
     return app

@@ -8,6 +8,7 @@ Ollama's status codes and messages; each route decides how they look on the wire
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -31,6 +32,7 @@ __all__ = [
     "run_job",
     "parse_keep_alive_field",
     "coerce_request_options",
+    "check_token_limit",
     "now_rfc3339",
     "Timer",
 ]
@@ -91,7 +93,7 @@ def resolve_model(name: str | None, *, empty_status: int = 404, empty_message: s
     except ModelNotFound:
         raise APIError(404, f"model '{name}' not found") from None
     except BlobMissing as exc:
-        raise APIError(500, exc.message) from None
+        raise APIError(404, exc.message) from None
 
 
 def parse_keep_alive_field(value: Any) -> float | None:
@@ -113,6 +115,17 @@ def coerce_request_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         return dict(coerce_options(options))
     except OptionError as exc:
         raise APIError(400, str(exc)) from None
+
+
+def check_token_limit(field: str, value: Any) -> None:
+    """400 for a token limit (``max_tokens``, ``max_output_tokens``…) no 64-bit integer holds, by
+    the rule native ``num_predict`` follows; values up to that mean "until the context is full"."""
+    from trillama.store.options import int64_problem
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        problem = int64_problem(int(value))
+        if problem:
+            raise APIError(400, f"{field} {problem}")
 
 
 @asynccontextmanager
@@ -147,8 +160,15 @@ async def model_lease(
     except ServerBusy:  # its queue place went to another key's request (ModelActor.admit)
         raise APIError(503, SERVER_BUSY, headers={"Retry-After": "1"}) from None
     finally:
+        # A generation still running here lost its consumer (the client left): stop it now, not
+        # when its generator is collected, and log what it did.
+        await lease.stop_generation()
         if entry is not None:
             entry.queued, entry.queue_s = lease.queued, lease.queued_s
+            if lease.cancelled is not None:
+                cancelled = lease.cancelled
+                entry.prompt_tokens, entry.generated_tokens = cancelled.prompt_eval_count, cancelled.eval_count
+                entry.done_reason = cancelled.done_reason
         lease.release()
 
 

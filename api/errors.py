@@ -19,7 +19,8 @@ from typing import Callable, Mapping
 import attrs
 
 __all__ = ["APIError", "openai_error_type", "openai_error_body", "SERVER_BUSY", "ErrorShape",
-           "register_error_shape", "error_body", "error_status", "native_error_body", "openai_error_shape"]
+           "register_error_shape", "error_body", "error_status", "native_error_body", "openai_error_shape",
+           "has_protocol_shape"]
 
 SERVER_BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
@@ -75,6 +76,11 @@ def register_error_shape(prefix: str, shape: ErrorShape, statuses: Mapping[int, 
     """
     _SHAPES[prefix] = shape
     _STATUSES[prefix] = dict(statuses or {})
+
+
+def has_protocol_shape(path: str) -> bool:
+    """Does ``path`` belong to a protocol with its own error shape (``/v1/…``), not Ollama's?"""
+    return bool(_prefix(path))
 
 
 def _prefix(path: str) -> str:

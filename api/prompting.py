@@ -226,8 +226,10 @@ async def build_chat_prompt(
         return fmt.render(msgs, tools=tools, think=think)
 
     async def count(text: str) -> int:
-        tokens = await count_tokens(text, num_ctx)
-        return num_ctx + 1 if tokens is None else len(tokens)
+        # Exact up to twice the context: a count past the limit then says by how much, which
+        # lets truncation predict the cut (beyond, it only needs to know "too long").
+        tokens = await count_tokens(text, 2 * num_ctx)
+        return 2 * num_ctx + 1 if tokens is None else len(tokens)
 
     vision = "vision" in (record.capabilities or [])
     try:

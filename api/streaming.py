@@ -10,6 +10,7 @@ a proper status code.
 from __future__ import annotations
 
 import json
+from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable
 
 from quart import Response
@@ -152,7 +153,10 @@ async def stream_or_collect(
     """``stream: true`` streams NDJSON; ``false`` answers one object, by default the last chunk."""
     if stream:
         return await ndjson_response(chunks)
-    collected = [chunk async for chunk in chunks]
+    # Closed here even when the client leaves mid-answer, so that the job's counts reach the
+    # request's log line before it is written.
+    async with aclosing(chunks):  # type: ignore[type-var]
+        collected = [chunk async for chunk in chunks]
     if collect is not None:
         return json_response(collect(collected))
     return json_response(collected[-1] if collected else {})

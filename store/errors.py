@@ -84,7 +84,9 @@ class BlobMissing(StoreError):
     is missing and how to repair it.
     """
 
-    kind = "internal"
+    #: A 404, not a 500: the server works, a part of the model is not there (and a client that
+    #: pulls on 404, as ``ollama run`` does, repairs a model that came from a registry).
+    kind = "not_found"
 
     def __init__(self, model: str, digests: tuple[str, ...]) -> None:
         listed = ", ".join(digests)

@@ -84,6 +84,15 @@ class OptionError(ValueError):
         self.message = message
 
 
+def int64_problem(number: int) -> str | None:
+    """Why an integer cannot be a Go ``int`` (64 bits), or ``None``: the one rule for every
+    integer option and token limit, whatever the protocol calls it. Past 64 bits Ollama silently
+    wraps; here it is a 400 that says so."""
+    if -(2**63) <= number < 2**63:
+        return None
+    return f"is out of range: {number} does not fit in a 64-bit integer"
+
+
 def coerce_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     """Check request ``options`` against the table and return the known ones, typed.
 
@@ -106,9 +115,9 @@ def coerce_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
             if isinstance(value, float) and not math.isfinite(value):
                 raise OptionError(f'option "{key}" must be of type integer')
             number = int(value)
-            if not -(2**63) <= number < 2**63:
-                # Go's int is 64 bits; past it Ollama silently wraps. Say so instead.
-                raise OptionError(f'option "{key}" is out of range: {number} does not fit in a 64-bit integer')
+            problem = int64_problem(number)
+            if problem:
+                raise OptionError(f'option "{key}" {problem}')
             out[key] = number
         elif kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -101,6 +101,8 @@ class ModelEntry:
     modified_at: datetime
     details: dict[str, Any]
     capabilities: list[str]
+    #: digests of layers whose blob files are missing (the model is listed, flagged, unusable)
+    missing_blobs: tuple[str, ...] = ()
 
 
 @attrs.frozen(eq=False)
@@ -294,4 +296,5 @@ def entry_from_record(record: ModelRecord) -> ModelEntry:
         modified_at=record.modified_at,
         details=details,
         capabilities=record.capabilities,
+        missing_blobs=record.missing_blobs,
     )

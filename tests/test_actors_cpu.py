@@ -159,3 +159,14 @@ def test_a_process_named_for_the_first_time_counts_whole_when_it_is_new():
     time.sleep(0.2)
     # a process older than the gap since the last sample: its share of the gap is unknowable
     assert old.sample([1]) is None
+
+
+def test_a_request_may_ask_for_the_cores_the_process_may_use_and_no_more(monkeypatch):
+    from trillama.actors import cpu
+
+    monkeypatch.setattr(cpu, "available_cpus", lambda: 2.0)
+    assert cpu.thread_limit() == 2
+    monkeypatch.setattr(cpu, "available_cpus", lambda: 1.5)  # a fractional quota: every core it touches
+    assert cpu.thread_limit() == 2
+    monkeypatch.setattr(cpu, "available_cpus", lambda: 0.5)
+    assert cpu.thread_limit() == 1

@@ -254,12 +254,13 @@ def test_a_missing_blob_keeps_the_model_listed_and_names_the_blob(start_server, 
         blob_file(models_dir, weights).unlink()
         names = [m["name"] for m in http.get("/api/tags").json()["models"]]
         assert "lonely:latest" in names and "smollm2:135m" in names
-        assert_json_error(http.post("/api/show", json={"model": "lonely"}), 500, system)
-        assert_json_error(http.post("/api/generate", json={"model": "lonely", "prompt": "hi"}), 500, system)
-        assert_json_error(http.post("/api/chat", json={"model": SMOL, "messages": []}), 500, weights)
+        # a 404 naming the blob (issue 24; it was a 500)
+        assert_json_error(http.post("/api/show", json={"model": "lonely"}), 404, system)
+        assert_json_error(http.post("/api/generate", json={"model": "lonely", "prompt": "hi"}), 404, system)
+        assert_json_error(http.post("/api/chat", json={"model": SMOL, "messages": []}), 404, weights)
         body = assert_json_error(http.post("/v1/chat/completions", json={
-            "model": SMOL, "messages": [{"role": "user", "content": "hi"}]}), 500, weights)
-        assert body["error"]["type"] == "api_error"
+            "model": SMOL, "messages": [{"role": "user", "content": "hi"}]}), 404, weights)
+        assert body["error"]["type"] == "not_found_error"
         assert http.get("/api/ps").status_code == 200
 
 

@@ -176,6 +176,38 @@ def test_len_index_slice():
     assert run("{{ slice .L 1 3 }} {{ slice .L 2 }} {{ index .L 3 }} {{ index .M \"k\" }} {{ index .M \"x\" }}", data) == "[2 3] [3 4] 4 v <no value>"
 
 
+def test_a_slice_of_a_list_is_a_view_and_behaves_as_one():
+    data = {"L": [1, 2, 3, 4]}
+    assert run("{{ $s := slice .L 1 }}{{ len $s }} {{ $s }} {{ index $s 0 }} {{ slice $s 1 2 }} {{ json $s }}"
+               "{{ range $i, $v := $s }} {{ $i }}={{ $v }}{{ end }} {{ if slice .L 4 }}x{{ else }}empty{{ end }}",
+               data) == "3 [2 3 4] 2 [3] [2,3,4] 0=2 1=3 2=4 empty"
+    with pytest.raises(TemplateError, match="index out of range: 5"):
+        run("{{ slice (slice .L 1) 5 }}", data)
+
+
+class _CountingList(list):
+    """A list that counts the elements copied out of it by slicing."""
+
+    copied = 0
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            part = super().__getitem__(index)
+            _CountingList.copied += len(part)
+            return part
+        return super().__getitem__(index)
+
+
+def test_the_last_message_idiom_does_not_copy_the_rest_of_the_conversation():
+    # Ollama's templates find the last message with ``len (slice $.Messages $i)``: a copy of the rest
+    # per message made long conversations quadratic (issue 24); Go's slices are views.
+    _CountingList.copied = 0
+    data = {"L": _CountingList(range(2000))}
+    out = run("{{ range $i, $_ := .L }}{{ if eq (len (slice $.L $i)) 1 }}last={{ . }}{{ end }}{{ end }}", data)
+    assert out == "last=1999"
+    assert _CountingList.copied == 0
+
+
 def test_index_out_of_range_is_an_error():
     with pytest.raises(TemplateError, match="error calling index: index out of range: 5"):
         run("{{ index .L 5 }}", {"L": [1]})

@@ -440,4 +440,44 @@ async def test_truncation_accepts_an_async_tokenizer_and_counts_images():
         [convo[0], Message("assistant", "x"), convo[1]], count, 5, render=render_words, image_tokens=10
     )
     assert [m.content for m in result.messages] == ["x", "c"]
-    assert len(calls) == 2
+    assert len(calls) == result.probes == 3  # everything, the last message, the cut between
+
+
+def _brute_force_cut(lengths: list[int], limit: int) -> int:
+    """The oldest cut whose kept messages (one word of markup each) fit in ``limit`` words."""
+    for start in range(len(lengths)):
+        if sum(lengths[start:]) + (len(lengths) - start) <= limit:
+            return start
+    return len(lengths) - 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_truncating_a_long_conversation_renders_it_a_few_times_not_once_per_message(seed):
+    # Issue 24: every dropped message used to re-render and re-count the whole rest (n² work).
+    import random
+
+    rnd = random.Random(seed)
+    lengths = [rnd.choice([1, 2, 3, 5, 8, 40, 300]) for _ in range(10_000)]
+    convo = [Message("user" if i % 2 == 0 else "assistant", " ".join(["w"] * n)) for i, n in enumerate(lengths)]
+    rendered = []
+
+    def render(msgs):
+        rendered.append(len(msgs))
+        return " ".join(f"<{m.role}> {m.content}" for m in msgs)
+
+    result = await truncate_messages(convo, words, 4096, render=render)
+    start = _brute_force_cut(lengths, 4096)
+    assert result.dropped == start and result.tokens <= 4096
+    assert result.messages == tuple(convo[start:])
+    # the whole conversation once, then a few candidates about the size of what is kept
+    assert len(rendered) <= 16, rendered
+    assert sum(rendered) <= len(convo) + 12 * (len(convo) - start), (sum(rendered), len(convo) - start)
+    assert result.probes == len(rendered)
+
+
+async def test_truncation_keeps_system_messages_from_the_dropped_part_of_a_long_conversation():
+    convo = [Message("system", "rules")] + [Message("user", "w " * 9) for _ in range(5000)]
+    convo.insert(2500, Message("system", "more rules"))
+    result = await truncate_messages(convo, words, 1000, render=render_words)
+    assert [m.content for m in result.messages[:2]] == ["rules", "more rules"]
+    assert result.tokens <= 1000 and len(result.messages) == 2 + 1000 // 9 - 1

@@ -261,6 +261,9 @@ class Settings:
     header_timeout: float = 30.0
     #: trillama: seconds a request body may stall (no byte arriving) before the connection closes.
     body_timeout: float = 60.0
+    #: trillama: after ``body_timeout`` seconds of grace, the least average rate (bytes a second)
+    #: a request body must arrive at; 0 = no rate (a trickling body is then only cut if it stalls).
+    body_min_rate: int = 1024
     #: trillama: directories whose files the classic create forms (``FROM /path``, ``ADAPTER /path``,
     #: ``"path"``) may read. Empty (the default): server-side paths outside the store are refused.
     create_paths: tuple[Path, ...] = ()
@@ -345,6 +348,7 @@ class Settings:
         read("TRILLAMA_MAX_BODY_SIZE", "max_body_size", parse_byte_size)
         read("TRILLAMA_HEADER_TIMEOUT", "header_timeout", _parse_timeout)
         read("TRILLAMA_BODY_TIMEOUT", "body_timeout", _parse_timeout)
+        read("TRILLAMA_BODY_MIN_RATE", "body_min_rate", parse_byte_size)
         read("TRILLAMA_CREATE_PATHS", "create_paths", _parse_paths)
         read("TRILLAMA_API_KEYS_FILE", "api_keys_file", _parse_file_path)
         read("TRILLAMA_API_KEY", "api_key", _parse_api_key)

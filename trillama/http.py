@@ -7,7 +7,10 @@ nothing — so it cannot be used here. What production servers bound instead is 
 * headers: from the first byte of a request, the whole header block must arrive within
   ``TRILLAMA_HEADER_TIMEOUT`` (slowloris sends one header byte every few seconds forever);
 * bodies: while a request body is being received, no read may wait longer than
-  ``TRILLAMA_BODY_TIMEOUT`` (a stalled upload holds a connection and its buffers forever).
+  ``TRILLAMA_BODY_TIMEOUT`` (a stalled upload holds a connection and its buffers forever), and
+  after that much grace the body must keep an average of ``TRILLAMA_BODY_MIN_RATE`` bytes a
+  second (a body sent one byte a second never stalls, and would otherwise never end) — Apache's
+  ``mod_reqtimeout`` rule: each byte received extends the deadline by ``1 / min_rate`` seconds.
 
 Both are decided from the h11 connection state before each read, in a subclass of hypercorn's
 trio TCP server installed by :func:`install_tcp_server`. Once a request is complete the reads
@@ -43,11 +46,16 @@ __all__ = ["install_tcp_server", "chunk_shortcut"]
 log = get_logger("trillama.http")
 
 
-def _server_class(base: type, header_timeout: float, body_timeout: float) -> type:
+def _server_class(base: type, header_timeout: float, body_timeout: float, body_min_rate: float = 0) -> type:
     from hypercorn.events import Closed, RawData
     from hypercorn.trio.tcp_server import MAX_RECV
 
     class TrillamaTCPServer(base):  # type: ignore[misc, valid-type]
+        #: the body being received: bytes so far, and seconds spent waiting for them (time the app
+        #: spends on the bytes, with reading paused, is not the client's)
+        _body_bytes = 0
+        _body_wait = 0.0
+
         def _h11(self) -> h11.Connection | None:
             wrapper = getattr(self, "protocol", None)
             connection = getattr(getattr(wrapper, "protocol", None), "connection", None)
@@ -64,19 +72,31 @@ def _server_class(base: type, header_timeout: float, body_timeout: float) -> typ
                     header_deadline = trio.current_time() + header_timeout
                 return max(0.0, header_deadline - trio.current_time()), header_deadline, "headers"
             if state is h11.SEND_BODY:
+                if body_min_rate > 0:
+                    # The whole body: after ``body_timeout`` of grace it must keep up an average
+                    # of ``body_min_rate`` bytes a second, however steadily it trickles.
+                    allowed = body_timeout + self._body_bytes / body_min_rate - self._body_wait
+                    if allowed < body_timeout:
+                        return max(0.0, allowed), None, "body_rate"
                 return body_timeout, None, "body"
+            self._body_bytes, self._body_wait = 0, 0.0
             return math.inf, None, ""
 
         async def _read_data(self) -> None:
             header_deadline: float | None = None
             while True:
                 timeout, header_deadline, waiting_for = self._next_timeout(header_deadline)
+                asked = trio.current_time()
                 try:
                     with trio.fail_after(timeout):
                         data = await self.stream.receive_some(MAX_RECV)
                 except trio.TooSlowError:
-                    log.info("read_timeout", waiting_for=waiting_for,
-                             timeout_s=header_timeout if waiting_for == "headers" else body_timeout)
+                    if waiting_for == "body_rate":
+                        log.info("read_timeout", waiting_for=waiting_for, body_bytes=self._body_bytes,
+                                 body_wait_s=round(self._body_wait + timeout, 1), min_rate=body_min_rate)
+                    else:
+                        log.info("read_timeout", waiting_for=waiting_for,
+                                 timeout_s=header_timeout if waiting_for == "headers" else body_timeout)
                     # Close now: hypercorn would otherwise keep the socket until its keep-alive
                     # timer ends the connection's task group.
                     await self.idle_task.stop()
@@ -84,6 +104,9 @@ def _server_class(base: type, header_timeout: float, body_timeout: float) -> typ
                     break
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     break
+                if waiting_for in ("body", "body_rate"):
+                    self._body_bytes += len(data)
+                    self._body_wait += trio.current_time() - asked
                 await self.protocol.handle(RawData(bytes(data)))
                 if data == b"":
                     break
@@ -146,7 +169,7 @@ def _plain_socket(stream: Any) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) and sock.fileno() >= 0 else None
 
 
-def install_tcp_server(header_timeout: float, body_timeout: float) -> bool:
+def install_tcp_server(header_timeout: float, body_timeout: float, body_min_rate: float = 0) -> bool:
     """Make hypercorn's trio server apply the header and body timeouts, and write without
     yielding when it can, on new connections.
 
@@ -163,7 +186,7 @@ def install_tcp_server(header_timeout: float, body_timeout: float) -> bool:
         log.warning("tcp_server_unavailable", reason="unknown hypercorn version")
         return False
     base = getattr(current, "_trillama_base", current)
-    timed = _server_class(base, header_timeout, body_timeout)
+    timed = _server_class(base, header_timeout, body_timeout, body_min_rate)
     timed._trillama_base = base  # type: ignore[attr-defined]
     hypercorn_run.TCPServer = timed  # type: ignore[attr-defined]
     return True

@@ -124,7 +124,7 @@ async def serve(settings: Settings) -> None:
     if settings.tls_cert is not None and settings.tls_key is not None:
         # hypercorn serves TLS and offers HTTP/2 by ALPN (h2, then http/1.1) to clients that ask.
         config.certfile, config.keyfile = str(settings.tls_cert), str(settings.tls_key)
-    install_tcp_server(settings.header_timeout, settings.body_timeout)
+    install_tcp_server(settings.header_timeout, settings.body_timeout, settings.body_min_rate)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(watch_signals, nursery)

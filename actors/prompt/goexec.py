@@ -35,7 +35,7 @@ from trillama.actors.prompt.goparse import (
     TextNode,
     VariableNode,
 )
-from trillama.actors.prompt.govalues import GoStruct, OrderedMap, sprint_value, truth, type_name
+from trillama.actors.prompt.govalues import SLICES, GoStruct, OrderedMap, sprint_value, truth, type_name
 
 __all__ = ["ExecError", "execute", "MAX_DEPTH", "MAX_STEPS"]
 
@@ -166,7 +166,7 @@ class _Exec:
             items: list[tuple[Any, Any]]
             if value is None:
                 items = []
-            elif isinstance(value, (list, tuple)):
+            elif isinstance(value, SLICES):
                 items = list(enumerate(value))
             elif isinstance(value, dict):
                 if isinstance(value, OrderedMap):

@@ -15,7 +15,9 @@ from typing import Any
 import attrs
 
 from trillama.actors.prompt.govalues import (
+    SLICES,
     GoStruct,
+    SliceView,
     GoValueError,
     json_marshal,
     sprint,
@@ -79,7 +81,7 @@ def _eq(arg1: Any, *others: Any) -> bool:
                 raise FuncError(_BAD_COMPARISON)
             result = False
         elif k1 is None:
-            if isinstance(arg1, (list, dict)) or isinstance(arg, (list, dict)):
+            if isinstance(arg1, (dict, *SLICES)) or isinstance(arg, (dict, *SLICES)):
                 if arg1 is None or arg is None:
                     result = arg1 is None and arg is None
                 else:
@@ -162,7 +164,7 @@ def _len(item: Any) -> int:
         raise FuncError("len of nil pointer")
     if isinstance(item, str):
         return len(item.encode("utf-8"))
-    if isinstance(item, (bytes, list, tuple, dict)):
+    if isinstance(item, (bytes, dict, *SLICES)):
         return len(item)
     raise FuncError(f"len of type {type_name(item)}")
 
@@ -183,7 +185,7 @@ def _index(item: Any, *indexes: Any) -> Any:
     for index in indexes:
         if item is None:
             raise FuncError("index of nil pointer")
-        if isinstance(item, (str, bytes, list, tuple)):
+        if isinstance(item, (str, bytes, *SLICES)):
             seq = item.encode("utf-8") if isinstance(item, str) else item
             x = _index_arg(index, len(seq))
             if x >= len(seq):
@@ -207,7 +209,7 @@ def _slice(item: Any, *indexes: Any) -> Any:
         if len(indexes) == 3:
             raise FuncError("cannot 3-index slice a string")
         seq: Any = item.encode("utf-8")
-    elif isinstance(item, (list, tuple, bytes)):
+    elif isinstance(item, (bytes, *SLICES)):
         seq = item
     else:
         raise FuncError(f"can't slice item of type {type_name(item)}")
@@ -218,10 +220,12 @@ def _slice(item: Any, *indexes: Any) -> Any:
         raise FuncError(f"invalid slice index: {idx[0]} > {idx[1]}")
     if len(indexes) == 3 and idx[1] > idx[2]:
         raise FuncError(f"invalid slice index: {idx[1]} > {idx[2]}")
+    if isinstance(item, (list, SliceView)):
+        return SliceView(item, idx[0], idx[1])  # a view, as in Go: no copy
     part = seq[idx[0] : idx[1]]
     if isinstance(item, str):
         return part.decode("utf-8", "replace")
-    return list(part) if isinstance(item, list) else part
+    return part
 
 
 # -- printing and escaping -----------------------------------------------------------------------

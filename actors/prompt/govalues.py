@@ -34,6 +34,8 @@ __all__ = [
     "JSONStringList",
     "NilSlice",
     "StringerList",
+    "SliceView",
+    "SLICES",
     "StructType",
     "FieldSpec",
     "GoValueError",
@@ -127,6 +129,40 @@ class NilSlice(list):
     """A nil slice: prints ``[]`` and is false like an empty one, but marshals to ``null``."""
 
 
+class SliceView(Sequence):
+    """The result of ``slice`` on a list: a view of part of it, as a Go slice shares its array.
+
+    Copying instead made the common ``{{ $last := eq (len (slice $.Messages $i)) 1 }}`` cost a
+    copy of the rest of the conversation per message: quadratic in its length (issue 24).
+    """
+
+    __slots__ = ("_base", "_start", "_stop")
+
+    def __init__(self, base: Sequence, start: int, stop: int) -> None:
+        if isinstance(base, SliceView):
+            base, start, stop = base._base, base._start + start, base._start + stop
+        self._base, self._start, self._stop = base, start, stop
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return list(self)[index]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        return self._base[self._start + (index % len(self))]
+
+    def __iter__(self):
+        base = self._base
+        for i in range(self._start, self._stop):
+            yield base[i]
+
+
+#: Python types that are Go slices.
+SLICES = (list, tuple, SliceView)
+
+
 class StringerList(list):
     """A string slice with Ollama's ``PropertyType`` behaviour.
 
@@ -147,7 +183,7 @@ def truth(value: Any) -> bool:
         return value
     if isinstance(value, (int, float)):
         return value != 0
-    if isinstance(value, (str, bytes, list, tuple, dict)):
+    if isinstance(value, (str, bytes, dict, *SLICES)):
         return len(value) > 0
     return True  # structs are always true
 
@@ -171,7 +207,7 @@ def type_name(value: Any) -> str:
         return "[]uint8"
     if isinstance(value, StringerList):
         return "api.PropertyType"
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, SLICES):
         return "[]interface {}"
     if isinstance(value, dict):
         return "map[string]interface {}"
@@ -238,7 +274,7 @@ def sprint_value(value: Any, depth: int = 0) -> str:
             return ""  # Ollama's String() drops the marshal error
     if isinstance(value, bytes):
         return "[" + " ".join(str(b) for b in value) + "]"
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, SLICES):
         return "[" + " ".join(sprint_value(v, depth + 1) for v in value) + "]"
     if isinstance(value, dict):
         inner = " ".join(
@@ -290,7 +326,7 @@ def _is_empty(value: Any) -> bool:
         return not value
     if isinstance(value, (int, float)):
         return value == 0
-    if isinstance(value, (str, bytes, list, tuple, dict)):
+    if isinstance(value, (str, bytes, dict, *SLICES)):
         return len(value) == 0
     return False
 
@@ -315,7 +351,7 @@ def _json(value: Any, out: list[str]) -> None:
             _json(value[0], out)
         else:
             _json(list(value), out)
-    elif isinstance(value, (list, tuple)):
+    elif isinstance(value, SLICES):
         out.append("[")
         for i, v in enumerate(value):
             if i:
@@ -409,7 +445,7 @@ def _format_one(verb: str, value: Any, flags: str, width: int | None, prec: int 
             text = sprint_value(value)
         elif isinstance(value, bytes):
             text = value.decode("utf-8", "replace")
-        elif isinstance(value, (list, tuple, dict, GoStruct)) or value is None:
+        elif isinstance(value, (dict, GoStruct, *SLICES)) or value is None:
             text = sprint_value(value) if value is not None else _bad_verb("s", value)
         else:
             return _bad_verb("s", value)

@@ -155,12 +155,16 @@ def collate(messages: Sequence[Message]) -> tuple[str, list[Message]]:
     Tool results stay separate because each carries its own tool name and call id.
     """
     system = [m.content for m in messages if m.role == "system"]
-    merged: list[Message] = []
+    # Runs are joined once each (adding to the run's text message by message copied it again for
+    # every message: quadratic in a long run, issue 24).
+    runs: list[list[Message]] = []
     for m in messages:
-        if merged and merged[-1].role == m.role and m.role != "tool":
-            merged[-1] = attrs.evolve(merged[-1], content=merged[-1].content + "\n\n" + m.content)
+        if runs and runs[-1][0].role == m.role and m.role != "tool":
+            runs[-1].append(m)
         else:
-            merged.append(m)
+            runs.append([m])
+    merged = [run[0] if len(run) == 1 else attrs.evolve(run[0], content="\n\n".join(m.content for m in run))
+              for run in runs]
     return "\n\n".join(system), merged
 
 

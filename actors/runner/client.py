@@ -94,6 +94,11 @@ class JobHandle:
     job_id: str
     channel: trio.MemorySendChannel
     finished: trio.Event = attrs.Factory(trio.Event)
+    #: after :meth:`cancel`: set when the runner has answered it (or died); ``cancelled_counts``
+    #: is then the job's final event (``done_reason "cancel"``, or the result that crossed the
+    #: cancel), or ``None`` if the runner died first
+    cancel_answered: trio.Event = attrs.Factory(trio.Event)
+    cancelled_counts: "Done | None" = None
 
     def cancel(self) -> None:
         """Stop the job: the runner frees its slot at the next decode step; no more events come."""
@@ -138,6 +143,8 @@ class Runner:
         self._stdout_done = trio.Event()
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
         self._jobs: dict[str, JobHandle] = {}
+        #: cancelled jobs whose answer (their counts) has not arrived yet
+        self._cancelling: dict[str, JobHandle] = {}
         self._requests: dict[int, _Pending] = {}
         self._req_ids = itertools.count(1)
         self._out_send, self._out_recv = trio.open_memory_channel(math.inf)
@@ -363,6 +370,9 @@ class Runner:
         for handle in jobs.values():
             self._deliver(handle, Failed(RUNNER_DIED_MESSAGE, "runner_died"))
             handle._end()
+        cancelling, self._cancelling = self._cancelling, {}
+        for handle in cancelling.values():
+            handle.cancel_answered.set()
         requests, self._requests = self._requests, {}
         for pending in requests.values():
             pending.error = (RUNNER_DIED_MESSAGE, "runner_died")
@@ -391,11 +401,16 @@ class Runner:
             if handle is not None:
                 self._deliver(handle, Done(**event[2]))
                 handle._end()
+            elif (handle := self._cancelling.pop(event[1], None)) is not None:
+                handle.cancelled_counts = Done(**event[2])
+                handle.cancel_answered.set()
         elif tag == P.EV_FAILED:
             handle = self._jobs.pop(event[1], None)
             if handle is not None:
                 self._deliver(handle, Failed(event[2], event[3]))
                 handle._end()
+            elif (handle := self._cancelling.pop(event[1], None)) is not None:
+                handle.cancel_answered.set()
         elif tag == P.EV_REPLY or tag == P.EV_ERROR:
             pending = self._requests.pop(event[1], None)
             if pending is not None:
@@ -414,8 +429,16 @@ class Runner:
 
     # ------------------------------------------------------------------ frames out
     def _forget_job(self, job_id: str) -> None:
-        """Deliver nothing more for ``job_id``; tell the runner to free its slot if it still runs."""
-        if self._jobs.pop(job_id, None) is not None:
+        """Deliver nothing more for ``job_id``; tell the runner to free its slot if it still runs.
+
+        The runner answers a cancel with the job's counts so far, kept on the handle.
+        """
+        handle = self._jobs.pop(job_id, None)
+        if handle is not None:
+            if self.died.is_set():
+                handle.cancel_answered.set()
+                return
+            self._cancelling[job_id] = handle
             self._post([P.OP_CANCEL, job_id])
 
     def _post(self, message: list) -> None:

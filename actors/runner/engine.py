@@ -379,14 +379,18 @@ class Engine:
         return out
 
     def _cancel(self, job_id: str) -> None:
+        # Answered with the job's counts so far: the server logs what a request it gave up on cost.
         for job in self.queue:
             if job.job_id == job_id:
                 self.queue.remove(job)
                 job.free()
+                self.emit([P.cancelled_event(job_id)])
                 return
         for slot in self.active:
             if slot.job.job_id == job_id:
-                self._release(slot)
+                events: list = []
+                self._finish(slot, "cancel", events, flush=False)
+                self.emit(events)
                 log.debug("job_cancelled", job_id=job_id, seq=slot.seq, n_cached=len(slot.cached))
                 return
 

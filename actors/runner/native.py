@@ -25,6 +25,7 @@ from pathlib import Path
 import llama_cpp as L
 import numpy as np
 
+from trillama.actors.runner.tokenizing import MIN_FAST_BYTES, FastTokenizer, NotFast
 from trillama.logs import get_logger
 
 __all__ = [
@@ -252,11 +253,55 @@ class Model:
         """
         if self.proven_too_long(text, max_tokens):
             return None
-        tokens = self.tokenize(text, add_special=add_special, parse_special=parse_special)
-        return tokens if len(tokens) <= max_tokens else None
+        tokens, whole = self.leading_tokens(text, max_tokens, add_special=add_special, parse_special=parse_special)
+        return tokens if whole and len(tokens) <= max_tokens else None
+
+    def leading_tokens(self, text: str, want: int, *, add_special: bool,
+                       parse_special: bool = True) -> tuple[list[int], bool]:
+        """The tokens of ``text`` at least as far as its first ``want``, and whether they are all.
+
+        Only as much of the text is tokenized as holds them: a prefix of ``8 × want`` characters,
+        four times longer while it holds fewer, so the tokenizer's memory (~100× its input for a
+        long word) and time follow the context, not the text (issue 24: a 60 MB embedding input
+        cut to the vocabulary's bound of 1.3 MB took 70 s and grew the runner by 1.6 GB). The
+        tokens past the first ``want`` (a few more, so that a word cut at the end of the prefix
+        cannot change them) are dropped when the text goes on.
+        """
+        size = max(MIN_FAST_BYTES, 8 * want)
+        while size < len(text):
+            tokens = self._tokenize(text[:size], add_special, parse_special, None)
+            assert tokens is not None
+            if len(tokens) > want + _PREFIX_SLACK:
+                return tokens[: want + 1], False
+            size *= 4
+        tokens = self._tokenize(text, add_special, parse_special, None)
+        assert tokens is not None
+        return tokens, True
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool = True) -> list[int]:
+        tokens = self._tokenize(text, add_special, parse_special, None)
+        assert tokens is not None
+        return tokens
+
+    def _tokenize(self, text: str, add_special: bool, parse_special: bool, limit: int | None) -> list[int] | None:
+        """Long texts take the linear path of :mod:`.tokenizing` (llama.cpp's own special-token
+        split is super-linear, issue 24), with the same tokens; short ones llama.cpp's."""
         data = text.encode("utf-8", errors="replace")
+        if parse_special and len(data) >= MIN_FAST_BYTES:
+            fast = self._fast_tokenizer()
+            try:
+                return fast.tokenize(data, add_special=add_special, limit=limit, llama_tokenize=self._llama_tokenize)
+            except NotFast:
+                pass
+        return self._llama_tokenize(data, add_special, parse_special)
+
+    def _fast_tokenizer(self) -> FastTokenizer:
+        fast = getattr(self, "_fast", None)
+        if fast is None:  # built once, when the first long text arrives (two threads may race: harmless)
+            fast = self._fast = FastTokenizer(self.vocab, self.n_vocab)
+        return fast
+
+    def _llama_tokenize(self, data: bytes, add_special: bool, parse_special: bool = True) -> list[int]:
         cap = len(data) + 8
         while True:
             arr = (L.llama_token * cap)()
@@ -281,6 +326,11 @@ class Model:
         if self.ptr:
             L.llama_model_free(self.ptr)
             self.ptr = None
+
+
+#: Tokens beyond the wanted ones that a prefix must hold before its first ones are trusted: the
+#: end of a prefix may cut a word (or a special token) and change the last few tokens.
+_PREFIX_SLACK = 64
 
 
 def _cpu_has_amx() -> bool:
@@ -366,20 +416,23 @@ def create_generation_context(
     return ctx
 
 
-def create_embedding_context(model: Model, *, n_ctx: int, n_seq: int, n_threads: int) -> int:
-    """A second context on the same weights, pooling token states into one mean vector.
+def create_embedding_context(model: Model, *, n_ctx: int, n_seq: int, n_threads: int,
+                             chunk: int | None = None) -> int:
+    """A second context on the same weights, for embeddings.
 
-    ``n_batch = n_ubatch = n_ctx``: llama.cpp pools per micro-batch, so a whole input must fit
-    in one. Unified KV because each decode is a fresh set of short, unrelated sequences.
+    With ``chunk``, each decode takes at most ``chunk`` tokens and returns every token's state
+    (no pooling): the caller averages them, and the KV cache carries a long input from one chunk
+    to the next. Without, ``n_batch = n_ubatch = n_ctx`` and llama.cpp pools a whole input, which
+    must then fit in one micro-batch — the only way for a model without a KV cache. Unified KV
+    because each decode is a fresh set of short, unrelated sequences.
     """
     cp = _base_context_params(n_threads, None, "f16")
     cp.n_ctx = n_ctx
-    cp.n_batch = n_ctx
-    cp.n_ubatch = n_ctx
+    cp.n_batch = cp.n_ubatch = min(chunk, n_ctx) if chunk else n_ctx
     cp.n_seq_max = n_seq
     cp.kv_unified = True
     cp.embeddings = True
-    cp.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
+    cp.pooling_type = L.LLAMA_POOLING_TYPE_NONE if chunk else L.LLAMA_POOLING_TYPE_MEAN
     ctx = L.llama_init_from_model(model.ptr, cp)
     if not ctx:
         raise LoadError("unable to create the embedding context")

@@ -1,8 +1,9 @@
 """The runner process: load one model, then serve frames on stdin/stdout until told to stop.
 
 Threads: the main thread runs the decode loop (:meth:`Engine.run`); a reader thread parses
-command frames and does what needs no slot — tokenize, detokenize, preparing a job (tokenizing its
-prompt, validating it, building its sampler) — so the decode loop only ever admits ready jobs.
+command frames and hands what needs no slot — tokenize, detokenize, preparing a job (tokenizing its
+prompt, validating it, building its sampler) — to worker threads (:class:`_Preparer`), so the
+decode loop only ever admits ready jobs and the reader is never held up by a long text.
 
 stdout carries frames and nothing else. Native code and Python libraries sometimes print, so fd 1
 is duplicated for frames first and then pointed at stderr: a stray ``printf`` lands in the log,
@@ -71,10 +72,95 @@ class FrameWriter:
                 os._exit(0)
 
 
+class _Preparer:
+    """What the reader hands off so that it never waits: job preparation and tokenizer requests.
+
+    Preparing a job tokenizes its prompt (and may encode image markers); a tokenize request may
+    be a whole conversation. Done on the reader thread, one long text held up every other frame
+    behind it — other requests' cancels and new jobs included (issue 24). Jobs are prepared on
+    one thread, in arrival order; tokenize and detokenize requests on two more, so one long count
+    does not hold up the next. A cancel that arrives while its job is still being prepared is
+    remembered and the prepared job dropped (answered as cancelled), never run.
+    """
+
+    def __init__(self, engine, model, writer: FrameWriter, log) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.engine, self.model, self.writer, self.log = engine, model, writer, log
+        self._jobs = ThreadPoolExecutor(1, thread_name_prefix="runner-prepare")
+        self._requests = ThreadPoolExecutor(2, thread_name_prefix="runner-tokenize")
+        self._lock = threading.Lock()
+        self._preparing: set[str] = set()
+        self._cancelled: set[str] = set()
+
+    def generate(self, job_id: str, spec: dict) -> None:
+        with self._lock:
+            self._preparing.add(job_id)
+        self._jobs.submit(self._prepare, job_id, spec)
+
+    def _prepare(self, job_id: str, spec: dict) -> None:
+        from trillama.actors.runner import protocol as P
+        from trillama.actors.runner.engine import JobError
+
+        job, failure = None, None
+        try:
+            job = self.engine.prepare(job_id, spec)
+        except JobError as exc:
+            failure = [P.EV_FAILED, job_id, exc.message, exc.kind]
+        except Exception as exc:
+            self.log.exception("prepare_failed", job_id=job_id)
+            failure = [P.EV_FAILED, job_id, f"internal error: {exc}", "internal"]
+        with self._lock:
+            self._preparing.discard(job_id)
+            cancelled = job_id in self._cancelled
+            self._cancelled.discard(job_id)
+            if job is not None and not cancelled:
+                self.engine.submit((P.OP_GENERATE, job))
+                return
+        if job is not None:
+            job.free()
+        self.writer.send([P.cancelled_event(job_id) if cancelled else failure])
+
+    def cancel(self, job_id: str) -> None:
+        from trillama.actors.runner import protocol as P
+
+        with self._lock:
+            if job_id in self._preparing:
+                self._cancelled.add(job_id)
+                return
+            # Under the lock: a job whose preparation just ended was submitted before this.
+            self.engine.submit((P.OP_CANCEL, job_id))
+
+    def request(self, msg: list) -> None:
+        self._requests.submit(self._answer, msg)
+
+    def _answer(self, msg: list) -> None:
+        from trillama.actors.runner import protocol as P
+
+        model = self.model
+        if msg[0] == P.OP_TOKENIZE:
+            try:
+                if len(msg) > 4 and msg[4] is not None:  # bounded: None when over the cap
+                    tokens = model.tokenize_bounded(msg[2], int(msg[4]), add_special=bool(msg[3]))
+                else:
+                    tokens = model.tokenize(msg[2], add_special=bool(msg[3]), parse_special=True)
+                self.writer.send([[P.EV_REPLY, msg[1], tokens]])
+            except Exception as exc:
+                self.writer.send([[P.EV_ERROR, msg[1], str(exc), "internal"]])
+        else:
+            try:
+                tokens = [int(t) for t in msg[2]]
+                if any(not 0 <= t < model.n_vocab for t in tokens):
+                    raise ValueError("token outside the vocabulary")
+                self.writer.send([[P.EV_REPLY, msg[1], model.detokenize(tokens)]])
+            except Exception as exc:
+                self.writer.send([[P.EV_ERROR, msg[1], str(exc), "bad_request"]])
+
+
 def _reader(engine, model, stdin, writer: FrameWriter, log) -> None:
     from trillama.actors.runner import protocol as P
-    from trillama.actors.runner.engine import JobError
 
+    preparer = _Preparer(engine, model, writer, log)
     try:
         while True:
             msg = P.read_frame(stdin)
@@ -86,35 +172,11 @@ def _reader(engine, model, stdin, writer: FrameWriter, log) -> None:
                 os._exit(0)
             op = msg[0]
             if op == P.OP_GENERATE:
-                job_id = msg[1]
-                try:
-                    job = engine.prepare(job_id, msg[2])
-                except JobError as exc:
-                    writer.send([[P.EV_FAILED, job_id, exc.message, exc.kind]])
-                except Exception as exc:
-                    log.exception("prepare_failed", job_id=job_id)
-                    writer.send([[P.EV_FAILED, job_id, f"internal error: {exc}", "internal"]])
-                else:
-                    engine.submit((P.OP_GENERATE, job))
+                preparer.generate(msg[1], msg[2])
             elif op == P.OP_CANCEL:
-                engine.submit((P.OP_CANCEL, msg[1]))
-            elif op == P.OP_TOKENIZE:
-                try:
-                    if len(msg) > 4 and msg[4] is not None:  # bounded: None when over the cap
-                        tokens = model.tokenize_bounded(msg[2], int(msg[4]), add_special=bool(msg[3]))
-                    else:
-                        tokens = model.tokenize(msg[2], add_special=bool(msg[3]), parse_special=True)
-                    writer.send([[P.EV_REPLY, msg[1], tokens]])
-                except Exception as exc:
-                    writer.send([[P.EV_ERROR, msg[1], str(exc), "internal"]])
-            elif op == P.OP_DETOKENIZE:
-                try:
-                    tokens = [int(t) for t in msg[2]]
-                    if any(not 0 <= t < model.n_vocab for t in tokens):
-                        raise ValueError("token outside the vocabulary")
-                    writer.send([[P.EV_REPLY, msg[1], model.detokenize(tokens)]])
-                except Exception as exc:
-                    writer.send([[P.EV_ERROR, msg[1], str(exc), "bad_request"]])
+                preparer.cancel(msg[1])
+            elif op in (P.OP_TOKENIZE, P.OP_DETOKENIZE):
+                preparer.request(msg)
             elif op in (P.OP_EMBED, P.OP_SLOTS, P.OP_THREADS, P.OP_CACHE_LIMIT):
                 engine.submit(tuple(msg))
             elif op == P.OP_STOP:

@@ -40,6 +40,7 @@ __all__ = [
     "EV_FAILED",
     "EV_REPLY",
     "EV_ERROR",
+    "cancelled_event",
 ]
 
 HEADER = struct.Struct(">I")
@@ -48,7 +49,7 @@ MAX_FRAME = 512 * 1024 * 1024
 
 # server → runner
 OP_GENERATE = "gen"  # [op, job_id, job dict]
-OP_CANCEL = "cancel"  # [op, job_id]
+OP_CANCEL = "cancel"  # [op, job_id] → the job's EV_DONE with done_reason "cancel" and its counts
 OP_TOKENIZE = "tok"  # [op, req_id, text, add_special, max_tokens?] → tokens (None: over max_tokens)
 OP_DETOKENIZE = "detok"  # [op, req_id, tokens]
 OP_EMBED = "embed"  # [op, req_id, inputs, truncate]
@@ -65,6 +66,12 @@ EV_DONE = "d"  # [ev, job_id, done dict]
 EV_FAILED = "f"  # [ev, job_id, message, kind]
 EV_REPLY = "r"  # [ev, req_id, result]
 EV_ERROR = "e"  # [ev, req_id, message, kind]
+
+
+def cancelled_event(job_id: str) -> list:
+    """The answer to a cancel for a job that never ran (still queued or being prepared)."""
+    return [EV_DONE, job_id, {"done_reason": "cancel", "prompt_eval_count": 0, "prompt_eval_duration_ns": 0,
+                              "eval_count": 0, "eval_duration_ns": 0, "context": [], "cached_count": 0}]
 
 
 class ProtocolError(Exception):

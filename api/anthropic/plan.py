@@ -28,7 +28,7 @@ from trillama.api.anthropic.translate import (
     think_value,
     tool_set,
 )
-from trillama.api.completion import coerce_request_options, parse_keep_alive_field, resolve_model
+from trillama.api.completion import check_token_limit, coerce_request_options, parse_keep_alive_field, resolve_model
 from trillama.api.errors import APIError
 from trillama.api.prompting import check_think, forced_tool_call, require_vision
 from trillama.api.provider_tools import log_left_out
@@ -77,7 +77,15 @@ class MessagesRequest(_Conversation):
 
 @attrs.define
 class CountTokensRequest(_Conversation):
-    pass
+    # Fields of a Messages request that counting does not use: accepted (a client may count the
+    # request it is about to send), but with their types checked, as Anthropic checks them.
+    max_tokens: int | None = None
+    stop_sequences: Any = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stream: bool | None = None
+    metadata: dict[str, Any] | None = None
 
 
 @attrs.frozen
@@ -164,6 +172,7 @@ def _plan(req: _Conversation, options: dict[str, Any]) -> Plan:
 def plan_messages(req: MessagesRequest) -> Plan:
     if req.max_tokens is None:
         raise APIError(400, "max_tokens: field required")
+    check_token_limit("max_tokens", req.max_tokens)
     if req.max_tokens < 1:
         raise APIError(400, f"max_tokens: must be at least 1, got {req.max_tokens}")
     _check_range("temperature", req.temperature, 0.0, 1.0)
@@ -176,4 +185,5 @@ def plan_messages(req: MessagesRequest) -> Plan:
 
 
 def plan_count(req: CountTokensRequest) -> Plan:
+    stop_sequences(req.stop_sequences)  # its shape is checked by hand (it takes several)
     return _plan(req, {})

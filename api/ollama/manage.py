@@ -161,6 +161,8 @@ async def tags() -> Response:
         }
         if entry.capabilities:
             item["capabilities"] = entry.capabilities
+        if entry.missing_blobs:  # listed (not deleted), flagged: using it answers 404 naming these
+            item["missing_blobs"] = list(entry.missing_blobs)
         models.append(item)
     response = json_response({"models": models})
     if request.method == "HEAD":

@@ -17,7 +17,7 @@ from quart import Response, request
 
 from trillama.actors.runner.messages import Done, Piece
 from trillama.actors.sampling import job_from_options
-from trillama.api.completion import Timer, model_lease, parse_keep_alive_field, resolve_model, run_job
+from trillama.api.completion import Timer, check_token_limit, model_lease, parse_keep_alive_field, resolve_model, run_job
 from trillama.api.decode import read_request
 from trillama.api.errors import APIError
 from trillama.api.openai.common import (
@@ -269,6 +269,8 @@ def plan_chat(req: ChatCompletionRequest, *, truncate: bool = True, shift: bool 
         grammar, think = forced_tool_call(record, tools, choice.name, think)
     else:
         grammar = format_grammar(ollama_format(req.response_format))
+    check_token_limit("max_tokens", req.max_tokens)
+    check_token_limit("max_completion_tokens", req.max_completion_tokens)
     num_predict = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     options = merged_options(record, req.options, {
         "num_predict": num_predict, "seed": req.seed, "stop": stop_list(req.stop),

@@ -11,7 +11,7 @@ from quart import Response, request
 
 from trillama.actors.runner.messages import Done, Piece
 from trillama.actors.sampling import job_from_options
-from trillama.api.completion import Timer, model_lease, parse_keep_alive_field, resolve_model, run_job
+from trillama.api.completion import Timer, check_token_limit, model_lease, parse_keep_alive_field, resolve_model, run_job
 from trillama.api.decode import read_request
 from trillama.api.errors import APIError
 from trillama.api.openai.common import (
@@ -89,6 +89,7 @@ def plan_completion(req: CompletionRequest) -> _CompletionPlan:
         raise APIError(400, f'"{req.model}" does not support generate')
     if req.suffix and "insert" not in caps:
         raise APIError(400, f"{record.name.display} does not support insert")
+    check_token_limit("max_tokens", req.max_tokens)
     options = merged_options(record, req.options, {
         "num_predict": req.max_tokens, "seed": req.seed, "stop": stop_list(req.stop),
         "temperature": req.temperature, "top_p": req.top_p or None, "frequency_penalty": req.frequency_penalty,

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import attrs
 
+from trillama.api.completion import check_token_limit
 from trillama.api.openai.chat import ChatCompletionRequest, ChatPlan, plan_chat
 from trillama.api.openai.common import OpenAIError, json_type
 from trillama.api.openai.responses_tools import ResponseTools, flat_name, history_call, response_tools
@@ -343,6 +344,7 @@ def plan_response(req: ResponsesRequest, history: Sequence[Mapping[str, Any]] = 
     """Validate ``req`` (continuing ``history``, a stored conversation) and plan it as a chat."""
     if req.instructions is not None and not isinstance(req.instructions, str):
         raise _invalid("Invalid type for 'instructions': expected a string.", "instructions", "invalid_type")
+    check_token_limit("max_output_tokens", req.max_output_tokens)
     if req.max_output_tokens is not None and req.max_output_tokens < 1:
         raise _invalid(f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 1, but got "
                        f"{req.max_output_tokens} instead.", "max_output_tokens", "integer_below_min_value")
