@@ -100,7 +100,11 @@ def agents(tmp_path_factory: pytest.TempPathFactory, seeded_models_dir: Path) ->
         with server.client() as client:
             r = client.post("/api/create", json={
                 "model": MODEL, "from": "gemma3:270m", "template": GEMMA_TOOLS_TEMPLATE, "stream": False,
-                "parameters": {"temperature": 0, "stop": ["<end_of_turn>", "\n"], "num_predict": 64}})
+                # Greedy answers end at a line end. The cap only stops a line that never ends: it
+                # must be long enough for any real first line, since an answer cut by it is
+                # "incomplete" to Codex, which then exits 1 (a greedy answer depends on the prompt,
+                # and the agents' prompts carry the run's temporary paths).
+                "parameters": {"temperature": 0, "stop": ["<end_of_turn>", "\n"], "num_predict": 512}})
             assert r.status_code == 200, r.text
         with RecordingProxy(server.base_url) as proxy:
             yield Setup(server, proxy, tmp_path_factory.mktemp("agent-requests"))

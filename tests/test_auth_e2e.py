@@ -591,5 +591,7 @@ def test_launch_hands_the_key_to_the_agent(keyed: Keyed, tmp_path: Path) -> None
     assert status == "200"
     assert model in (f"model: {SMOL}", f"model: {GEMMA}")
     assert keyed.key("inf") not in ran.stderr  # the printed plan names $OLLAMA_API_KEY instead
+    assert "may not create models" in ran.stderr  # an inference key cannot create the larger-context model
     ran = _cli("launch", "claude", "--model", SMOL, env={**env, "OLLAMA_API_KEY": WRONG})
-    assert ran.stdout.splitlines()[0] == "401"
+    assert ran.returncode == 1 and not ran.stdout  # refused before the agent starts, and said why
+    assert "refused the API key in OLLAMA_API_KEY: 401" in ran.stderr, ran.stderr

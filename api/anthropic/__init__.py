@@ -27,13 +27,14 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, current_app, request
 
-from trillama.api.anthropic.errors import STATUSES, error_body
+from trillama.api.anthropic.errors import STATUSES, error_body, to_api_error
 from trillama.api.anthropic.reply import collect_message
 from trillama.api.anthropic.plan import CountTokensRequest, MessagesRequest, plan_count, plan_messages
 from trillama.api.anthropic.run import count_prompt_tokens, message_events
 from trillama.api.anthropic.sse import sse_response
 from trillama.api.anthropic.stream import stream_events
 from trillama.api.completion import Timer
+from trillama.api.context_limit import ContextExceeded
 from trillama.api.decode import read_request
 from trillama.api.errors import register_error_shape
 from trillama.api.provider_tools import HEADER as TOOLS_HEADER, header_value
@@ -49,6 +50,15 @@ blueprint = Blueprint("anthropic", __name__)
 # Every error under /v1/messages, whether raised in these routes, refused before routing or
 # unexpected, is rendered by the app's one handler in Anthropic's shape, with 503 answered as 529.
 register_error_shape("/v1/messages", error_body, statuses=STATUSES)
+
+
+@blueprint.errorhandler(ContextExceeded)
+async def _context_exceeded(exc: ContextExceeded) -> Response:
+    """A prompt longer than the context in Anthropic's own words (``prompt is too long: N tokens >
+    M maximum``), which Claude Code answers by compacting the conversation: the one error this
+    protocol words differently from the others (OpenAI's blueprint has the same for its wording)."""
+    api_error = to_api_error(exc)
+    return json_response(error_body(api_error.status, api_error.message), status=api_error.status)
 
 
 @blueprint.post("/v1/messages")

@@ -91,6 +91,11 @@ AGENT_CONTEXT = 65536
 USER_FIRST = ("CLAUDE_CODE_MAX_OUTPUT_TOKENS",)
 
 
+#: the context a model without ``PARAMETER num_ctx`` gets from a server with default settings
+#: (``OLLAMA_CONTEXT_LENGTH``), as far as a client can know
+DEFAULT_SERVER_CONTEXT = 4096
+
+
 @attrs.frozen
 class ContextChoice:
     """The model an agent gets and its context, and what to tell the user about them."""
@@ -249,7 +254,13 @@ def fit_context(integration: Integration, model: str, base: str, asked: int | No
     """Make sure the agent gets a context large enough: the model as it is when its Modelfile
     already gives that much, else a derived model (``PARAMETER num_ctx``, up to the trained
     context) created on the server. Raises :class:`LookupError` for a model the server lacks."""
-    shown = httpx.post(base + "/api/show", json={"model": model}, timeout=30)
+    from trillama.cli.commands import auth_headers
+
+    headers = auth_headers()  # a server with keys: OLLAMA_API_KEY, as every other command sends it
+    shown = httpx.post(base + "/api/show", json={"model": model}, timeout=30, headers=headers)
+    if shown.status_code in (401, 403):
+        raise LookupError(f"the server at {base} refused {'the API key in OLLAMA_API_KEY' if headers else 'a request without an API key (set OLLAMA_API_KEY)'}: "
+                          f"{shown.status_code} {_error_text(shown)}")
     if shown.status_code == 404:
         raise LookupError(f"model {model!r} not found on the server at {base}; pull it first "
                           f"(trillama pull {model})")
@@ -267,11 +278,28 @@ def fit_context(integration: Integration, model: str, base: str, asked: int | No
     if create:
         made = httpx.post(base + "/api/create", json={"model": derived, "from": model,
                                                       "parameters": {"num_ctx": num_ctx}, "stream": False},
-                          timeout=120)
+                          timeout=120, headers=headers)
+        if made.status_code == 403:
+            # A key that may run models but not create them: the model keeps the context it has,
+            # and the user is told why and who can change that.
+            kept = current or DEFAULT_SERVER_CONTEXT
+            return ContextChoice(model, kept, f"{kept} tokens ({model} as it is)", (
+                f"the API key may not create models (it lacks the 'manage' scope), so {model} keeps "
+                f"its context of {kept} tokens instead of {num_ctx}; ask for {derived} to be created "
+                f"(PARAMETER num_ctx {num_ctx}) or use a key with the 'manage' scope"))
         if made.status_code != 200:
             raise LookupError(f"could not create {derived}: {made.text.strip()}")
     return ContextChoice(derived, num_ctx, f"{num_ctx} tokens ({limit}): {derived}, which is {model} with "
                                            f"PARAMETER num_ctx {num_ctx}", warning)
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The server's error message (any protocol's shape), or the body as it is."""
+    try:
+        error = response.json().get("error")
+    except ValueError:
+        return response.text.strip()
+    return (error.get("message") if isinstance(error, dict) else error) or response.text.strip()
 
 
 def find_binary(integration: Integration, path: str | None = None) -> str | None:
