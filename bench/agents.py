@@ -203,7 +203,6 @@ def long_pair(base: str, model: str, tokens: int, nonce: str) -> float:
     """Two distinct long prompts at once: aggregate prompt tokens per second until both first tokens."""
     msgs = [[{"role": "user", "content": f"{nonce} {i}: " + text(f"{nonce} {i} long", tokens)}]
             for i in range(2)]
-    start = time.perf_counter()
     with httpx.Client(timeout=3600) as client, cf.ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda m: chat(client, base, model, m, 1), msgs))
     elapsed = max(a.ttft for a in answers)

@@ -10,7 +10,6 @@ splits them, so both are reported and PSS is the honest total of a multi-process
 from __future__ import annotations
 
 import threading
-import time
 
 import attrs
 import psutil

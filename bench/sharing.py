@@ -26,7 +26,6 @@ import json
 import statistics
 import time
 from contextlib import AsyncExitStack, aclosing
-from pathlib import Path
 
 import httpx
 import trio

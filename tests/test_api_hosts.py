@@ -1,6 +1,5 @@
 """The Host-header guard a loopback-bound server applies (DNS-rebinding protection)."""
 
-import httpx
 import pytest
 
 from trillama.api.hosts import host_allowed, is_loopback_bind

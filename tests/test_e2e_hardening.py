@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from trillama.store.create import SERVER_PATHS_REFUSED

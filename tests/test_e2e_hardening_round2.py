@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 SMOL = "smollm2:135m"

@@ -12,7 +12,6 @@ import signal
 
 import httpx
 import psutil
-import pytest
 import trio
 
 from conftest import upload_and_create, wait_for

@@ -32,10 +32,8 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
-import os
 import re
 import secrets
-import tempfile
 import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +43,7 @@ import attrs
 import cattrs
 
 from trillama.logs import get_logger
+from trillama.store.atomic import write_atomic
 
 __all__ = ["SCOPES", "KeyFileError", "KeyLimits", "ApiKey", "KeyRing", "KeySource", "hash_key", "new_secret",
            "parse_key_file", "load_key_file", "add_key", "revoke_key", "ENV_KEY_ID"]
@@ -369,18 +368,7 @@ def _read_document(path: Path) -> Any:
 def _write_atomically(path: Path, text: str) -> None:
     """Replace ``path`` in one step (the server never sees half a file), owner-only by default."""
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text.encode("utf-8"), mode=mode)
 
 
 def add_key(path: Path, key_id: str, scopes: Iterable[str] = ("inference",), models: Iterable[str] = (),
