@@ -385,7 +385,7 @@ class Scheduler:
         budget = self.prompt_cache_budget() if self.settings.prompt_cache != 0 else 0
         swa = int(info.arch_key("attention.sliding_window") or 0) if hasattr(info, "arch_key") else 0
         n_park = 0
-        if budget and swa > 0 and wanted.num_parallel > 1:
+        if budget and swa > 0:
             per_stream = max(1, est.kv_cache // wanted.num_parallel)
             n_park = max(0, min(budget // per_stream, 2 * wanted.num_parallel, 256 - wanted.num_parallel))
         if n_park:

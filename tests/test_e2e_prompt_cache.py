@@ -74,13 +74,16 @@ def test_a_second_session_reuses_the_prefix_the_first_computed_in_another_slot(s
         assert native.json()["prompt_eval_count"] < 30  # counts only the tokens it computed, as Ollama
 
 
-@pytest.mark.parametrize("tier", ["ram", "disk"])
+@pytest.mark.parametrize("tier", ["ram", "disk", "park"])
 def test_a_session_whose_slot_was_taken_gets_its_prefix_back_from_the_cache(start_server, tier):
+    """One slot (Ollama's default): another request takes it between two turns of a session.
+    SmolLM2's state comes back from the RAM or disk tier; gemma3's (sliding-window layers, whose
+    saved states do not restore exactly) from a spare KV stream it was parked in."""
     env = {"OLLAMA_NUM_PARALLEL": "1", "OLLAMA_CONTEXT_LENGTH": "4096", "TRILLAMA_PROMPT_CACHE": "1GiB"}
     if tier == "disk":
         env["TRILLAMA_PROMPT_CACHE_DISK"] = "1GiB"
     server = start_server(env)
-    model = "smollm2:135m"
+    model = "gemma3:270m" if tier == "park" else "smollm2:135m"
     history = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What now?"}]
 
     def chat(client, messages):
@@ -94,7 +97,8 @@ def test_a_session_whose_slot_was_taken_gets_its_prefix_back_from_the_cache(star
         chat(client, [{"role": "user", "content": words(3, 300)}])  # takes the only slot
         (runner,) = client.get("/api/runners").json()["runners"]
         assert runner["slots"][0]["n_cached"] < 500
-        assert runner["prompt_cache"]["entries"] + runner["prompt_cache"].get("disk_entries", 0) >= 1
+        cache = runner["prompt_cache"]
+        assert cache.get("entries", 0) + cache.get("disk_entries", 0) + cache.get("park_entries", 0) >= 1, cache
     if tier == "disk":  # a restart: only the files are left
         wait_for(lambda: any(server.models_dir.glob("cache/prompts/*/*.bin")), timeout=30)
         server.stop()
@@ -105,7 +109,8 @@ def test_a_session_whose_slot_was_taken_gets_its_prefix_back_from_the_cache(star
         assert again["prompt_eval_count"] < 40  # the system prompt and first turn came back
         metrics = client.get("/metrics").text
         assert metric(metrics, "trillama_prompt_cache_hits_total", model=model, tier=tier) == 1
-        assert metric(metrics, "trillama_prompt_cache_bytes", model=model, tier="ram") > 0
+        if tier != "park":
+            assert metric(metrics, "trillama_prompt_cache_bytes", model=model, tier="ram") > 0
 
 
 def test_under_memory_pressure_the_prompt_cache_shrinks_before_a_model_is_evicted(start_server):

@@ -145,13 +145,15 @@ def test_sessions_that_start_together_compute_their_shared_prefix_once(gemma):
         assert d["context"] == reference[job_id]["context"], job_id
 
 
-@pytest.mark.parametrize("tier", ["ram", "disk", "park"])
-def test_a_session_whose_slot_was_taken_restores_its_prefix_from_the_cache(tmp_path, tier):
+@pytest.mark.parametrize("tier,n_parallel", [("ram", 2), ("disk", 2), ("park", 2), ("park", 1)])
+def test_a_session_whose_slot_was_taken_restores_its_prefix_from_the_cache(tmp_path, tier, n_parallel):
     """SmolLM2 (no sliding window): saved states restore exactly, in any slot, after a restart too.
-    gemma3 (sliding window): its sequences are parked in spare KV streams instead."""
+    gemma3 (sliding window): its sequences are parked in spare KV streams instead — with one slot
+    too (Ollama's default, where an agent's side request takes the slot between its turns)."""
     model = GEMMA if tier == "park" else SMOLLM
     disk = DiskTier(tmp_path, 2**31) if tier == "disk" else None
-    harness = Harness(model, n_parallel=2, cache=PromptCache(2**30, disk), n_park=2 if tier == "park" else 0)
+    harness = Harness(model, n_parallel=n_parallel, cache=PromptCache(2**30, disk),
+                      n_park=2 if tier == "park" else 0)
     history = words(3, 400) + " so what do you say?"
     prompts = {"a": history, "x": words(4, 200), "y": words(5, 200), "a2": None}
     try:
@@ -163,7 +165,7 @@ def test_a_session_whose_slot_was_taken_restores_its_prefix_from_the_cache(tmp_p
         if tier == "disk":
             disk.flush()
             harness.close()  # a restart: a new cache that only has the files
-            harness = Harness(SMOLLM, n_parallel=2, cache=PromptCache(2**30, DiskTier(tmp_path, 2**31)))
+            harness = Harness(SMOLLM, n_parallel=n_parallel, cache=PromptCache(2**30, DiskTier(tmp_path, 2**31)))
         if tier == "park":
             assert harness.engine.cache is None and harness.engine.parking is not None
         again = harness.run("a2", prompts["a2"])
