@@ -24,8 +24,14 @@ $(STAMP): pyproject.toml Makefile
 serve: bootstrap
 	$(BIN)/trillama serve
 
+# The suite runs in $(TEST_WORKERS) pytest-xdist workers (a file's tests stay together, so each file's
+# shared servers start once); the few tests that measure the machine's CPU load (marked `alone`)
+# run afterwards by themselves, since a second worker would be the busy neighbour they look for.
+TEST_WORKERS ?= 2
+
 test: bootstrap
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile -m "not alone"
+	$(BIN)/python -m pytest tests -m alone
 
 bench: bootstrap
 	$(BIN)/python -m bench

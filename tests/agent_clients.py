@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import http.client
 import json
-import os
 import shutil
 import subprocess
 import threading
@@ -29,7 +28,9 @@ from urllib.parse import urlsplit
 import attrs
 import pytest
 
-__all__ = ["AGENTS", "Agent", "install", "GEMMA_TOOLS_TEMPLATE", "RecordingProxy", "Exchange", "test_cache"]
+from conftest import cache_dir
+
+__all__ = ["AGENTS", "Agent", "install", "GEMMA_TOOLS_TEMPLATE", "RecordingProxy", "Exchange"]
 
 
 @attrs.frozen
@@ -47,8 +48,6 @@ AGENTS = {
 }
 
 
-def test_cache() -> Path:
-    return Path(os.environ.get("TRILLAMA_TEST_CACHE", Path.home() / ".cache" / "trillama-tests"))
 
 
 def install(name: str) -> Path:
@@ -62,7 +61,7 @@ def install(name: str) -> Path:
     npm = shutil.which("npm")
     if npm is None:
         pytest.skip(f"npm is not installed, so {agent.package} cannot be installed")
-    prefix = test_cache() / "npm" / f"{agent.package.replace('@', '').replace('/', '-')}-{agent.version}"
+    prefix = cache_dir() / "npm" / f"{agent.package.replace('@', '').replace('/', '-')}-{agent.version}"
     binary = prefix / "node_modules" / ".bin" / agent.binary
     stamp = prefix / ".installed"
     prefix.mkdir(parents=True, exist_ok=True)

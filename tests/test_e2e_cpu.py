@@ -15,6 +15,9 @@ import pytest
 
 from trillama.actors.cpu import default_threads
 
+#: These tests look for busy neighbours, so nothing else of the suite may run beside them.
+pytestmark = pytest.mark.alone
+
 SMOL = "smollm2:135m"
 
 

@@ -35,7 +35,7 @@ import attrs
 import httpx
 import pytest
 
-from conftest import REPO, ServerProcess, free_port
+from conftest import REPO, ServerProcess, debian_packages, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -47,24 +47,6 @@ BODY = {"messages": [{"role": "user", "content": "Say hello."}], "stream": True,
 
 
 # ------------------------------------------------------------------ packages and services
-def _install(packages: dict[str, str]) -> None:
-    """Install the Debian packages whose program is missing, or skip saying why that cannot work."""
-    missing = [pkg for pkg, program in packages.items() if shutil.which(program) is None]
-    if not missing:
-        return
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        pytest.skip(f"{missing} missing and apt-get is not usable here (needs root and apt)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:  # a stale or empty package list: update once, then try again
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=900)
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        pytest.skip(f"apt-get cannot install {missing}: {result.stderr[-400:]}")
-    assert all(shutil.which(program) for program in packages.values())
-
-
 def _wait_http(url: str, timeout: float = 30.0, status: int = 200) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -233,7 +215,7 @@ def log_events(server: ServerProcess, *names: str) -> list[dict]:
 
 
 def test_three_replicas_behind_haproxy(tmp_path: Path):
-    _install({"docker-registry": "docker-registry", "haproxy": "haproxy"})
+    debian_packages({"docker-registry": "docker-registry", "haproxy": "haproxy"})
     services: list[Service] = []
     replicas: list[ServerProcess] = []
     figures: dict[str, object] = {}
