@@ -1,4 +1,4 @@
-"""What the native and the OpenAI routes share: model lookup, leases, and the event stream.
+"""What the native and the OpenAI routes share: model lookup, leases, the event stream, embeddings.
 
 There is one inference path. ``/api/generate``, ``/api/chat`` and ``/v1/*`` all resolve a model,
 take a lease from the scheduler and read the same runner events through :func:`run_job`; they
@@ -18,7 +18,7 @@ import trio
 from quart import current_app
 
 from trillama.actors.model import Lease, LoadFailed, ModelGone, ServerBusy
-from trillama.actors.runner.messages import Done, Failed, GenerateJob, Piece
+from trillama.actors.runner.messages import Done, Failed, GenerateJob, Piece, RunnerRequestError
 from trillama.api import access
 from trillama.api.context import services
 from trillama.api.context_limit import context_exceeded
@@ -30,6 +30,8 @@ __all__ = [
     "resolve_model",
     "model_lease",
     "run_job",
+    "embed_inputs",
+    "unit_length",
     "parse_keep_alive_field",
     "coerce_request_options",
     "check_token_limit",
@@ -248,3 +250,34 @@ def _joined(pieces: list[Piece]) -> Piece:
 
 def _failure_status(kind: str) -> int:
     return 400 if kind in ("context_exceeded", "bad_grammar", "bad_request") else 500
+
+
+def check_finite(vectors: list[list[float]]) -> None:
+    for vector in vectors:
+        if any(math.isnan(x) or math.isinf(x) for x in vector):
+            raise APIError(400, "embedding contains NaN or Inf values")
+
+
+async def embed_inputs(record: Any, inputs: list[str], *, truncate: bool, options: dict, keep_alive: Any,
+                       timer: Timer) -> tuple[list[list[float]], int]:
+    """Embed ``inputs`` with ``record``'s model (its Modelfile parameters under ``options``); returns raw
+    vectors and the total token count. ``/api/embed``, ``/api/embeddings`` and ``/v1/embeddings``."""
+    async with model_lease(record, {**(record.parameters or {}), **options}, keep_alive, timer) as lease:
+        if not inputs:
+            return [], 0
+        try:
+            vectors, counts = await lease.embed(inputs, truncate)
+        except RunnerRequestError as exc:  # e.g. over-long input with truncate off
+            if exc.kind == "context_exceeded":
+                raise APIError(400, "the input length exceeds the context length") from None
+            raise APIError(500, str(exc)) from None
+    check_finite(vectors)
+    access.note(prompt_tokens=sum(counts))
+    return vectors, sum(counts)
+
+
+def unit_length(vector: list[float]) -> list[float]:
+    """An embedding scaled to length 1, as Ollama returns them (cosine similarity becomes a dot
+    product); a zero vector stays as it is."""
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else list(vector)

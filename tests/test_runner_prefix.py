@@ -33,14 +33,16 @@ native.install_log_callback(False)
 class Harness:
     """An engine on its own thread; ``run`` submits jobs and waits for their final events."""
 
-    def __init__(self, model_path: Path, *, n_parallel: int, cache: PromptCache | None, n_park: int = 0) -> None:
+    def __init__(self, model_path: Path, *, n_parallel: int, cache: PromptCache | None, n_park: int = 0,
+                 share_prefixes: bool = True) -> None:
         self.model = native.load_model(model_path, n_gpu_layers=0, use_mmap=True)
         self.ctx = native.create_generation_context(self.model, n_ctx=2048, n_parallel=n_parallel, n_batch=512,
                                                     n_threads=2, flash_attn=None, kv_cache_type="f16", n_park=n_park)
         self.finished: dict[str, list] = {}
         self.changed = threading.Condition()
         self.engine = Engine(self.model, self.ctx, n_ctx=2048, n_parallel=n_parallel, n_batch=512, n_threads=2,
-                             emit=self._emit, cache=cache, n_park=n_park)
+                             emit=self._emit, cache=cache, n_park=n_park,
+                             share_prefixes=share_prefixes)
         self.thread = threading.Thread(target=self.engine.run, daemon=True)
         self.thread.start()
 
@@ -104,7 +106,7 @@ def gemma():
 
 def test_a_second_session_copies_the_shared_prefix_from_the_first_sessions_slot(gemma):
     """gemma3 has sliding-window layers: no saved states, but copies inside the KV cache are exact."""
-    assert gemma.engine.cache is None  # its states would not restore exactly (llama.cpp#25295)
+    assert gemma.engine.placement.cache is None  # its states would not restore exactly (llama.cpp#25295)
     system = words(1, 300)
     prompts = {"s1": system + " first question: " + words(11, 150), "s2": system + " second question about stones",
                "s1b": None}
@@ -132,9 +134,8 @@ def test_sessions_that_start_together_compute_their_shared_prefix_once(gemma):
     assert sorted(d["reuse"] for d in done.values()) == ["", "copy", "copy"]
     # The same burst on an engine that shares nothing. (Not against one-at-a-time runs: gemma3's
     # greedy output already depends on what else is in a batch, with or without any sharing.)
-    plain = Harness(GEMMA, n_parallel=3, cache=None)
+    plain = Harness(GEMMA, n_parallel=3, cache=None, share_prefixes=False)
     try:
-        plain.engine.can_copy = False
         for job_id, prompt in prompts.items():
             plain.submit(job_id, prompt)
         reference = dict(zip(prompts, plain.wait(*prompts)))
@@ -167,10 +168,10 @@ def test_a_session_whose_slot_was_taken_restores_its_prefix_from_the_cache(tmp_p
             harness.close()  # a restart: a new cache that only has the files
             harness = Harness(SMOLLM, n_parallel=n_parallel, cache=PromptCache(2**30, DiskTier(tmp_path, 2**31)))
         if tier == "park":
-            assert harness.engine.cache is None and harness.engine.parking is not None
+            assert harness.engine.placement.cache is None and harness.engine.placement.parking is not None
         again = harness.run("a2", prompts["a2"])
         assert again["reuse"] == tier and again["cached_count"] >= len(first["context"]) - 2
-        stats = harness.engine.cache_stats()
+        stats = harness.engine.placement.stats()
         assert stats[f"hits_{tier}"] == 1
     finally:
         harness.close()

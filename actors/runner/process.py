@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         ctx,
         cache=_prompt_cache(spec, llama_cpp, log),
         n_park=spec.n_park if spec.share_prefixes else 0,
+        share_prefixes=spec.share_prefixes,
         n_ctx=spec.n_ctx,
         n_parallel=spec.n_parallel,
         n_batch=spec.n_batch,
@@ -281,8 +282,6 @@ def main(argv: list[str] | None = None) -> NoReturn:
         emit=writer.send,
         vision=vision,
     )
-    if not spec.share_prefixes:
-        engine.can_copy = False
     facts = {
         "n_ctx": spec.n_ctx,
         "n_ctx_train": model.n_ctx_train,
@@ -297,7 +296,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         "add_bos": model.add_bos,
         "kv_unified": False,
         "can_shift": engine.can_shift,
-        "prompt_cache": engine.cache is not None,
+        "prompt_cache": engine.placement.cache is not None,
         "vision": vision is not None,
     }
     log.info("runner_ready", pid=os.getpid(), model=str(spec.model_path),

@@ -8,25 +8,25 @@ reaches the client as a real status code, and the lease is released however the 
 
 from __future__ import annotations
 
-import math
 from typing import Any, AsyncIterator
 
 import attrs
 from quart import Blueprint, Response, request
 
-from trillama.actors.runner.messages import Done, Piece, RunnerRequestError
+from trillama.actors.runner.messages import Done, Piece
 from trillama.actors.sampling import job_from_options
 from trillama.actors.structured import FormatError, grammar_for_format
 from trillama.api.completion import (
     Timer,
     coerce_request_options,
+    embed_inputs,
+    unit_length,
     model_lease,
     now_rfc3339,
     parse_keep_alive_field,
     resolve_model,
     run_job,
 )
-from trillama.api import access
 from trillama.api.context import services
 from trillama.api.decode import MESSAGE_SHAPE, TOOL_SHAPE, check_shape, read_request
 from trillama.api.errors import APIError
@@ -328,34 +328,6 @@ async def chat() -> Response:
 
 
 # ----------------------------------------------------------------------------- embeddings
-def _normalise(vector: list[float]) -> list[float]:
-    norm = math.sqrt(sum(x * x for x in vector))
-    return [x / norm for x in vector] if norm > 0 else list(vector)
-
-
-def _check_finite(vectors: list[list[float]]) -> None:
-    for vector in vectors:
-        if any(math.isnan(x) or math.isinf(x) for x in vector):
-            raise APIError(400, "embedding contains NaN or Inf values")
-
-
-async def embed_inputs(record: Any, inputs: list[str], *, truncate: bool, options: dict, keep_alive: Any,
-                       timer: Timer) -> tuple[list[list[float]], int]:
-    """Embed ``inputs`` with ``record``'s model; returns raw vectors and the total token count."""
-    async with model_lease(record, _merge_options(record, options), keep_alive, timer) as lease:
-        if not inputs:
-            return [], 0
-        try:
-            vectors, counts = await lease.embed(inputs, truncate)
-        except RunnerRequestError as exc:  # e.g. over-long input with truncate off
-            if exc.kind == "context_exceeded":
-                raise APIError(400, "the input length exceeds the context length") from None
-            raise APIError(500, str(exc)) from None
-    _check_finite(vectors)
-    access.note(prompt_tokens=sum(counts))
-    return vectors, sum(counts)
-
-
 @blueprint.post("/api/embed")
 async def embed() -> Response:
     timer = Timer()
@@ -377,9 +349,9 @@ async def embed() -> Response:
                                          keep_alive=keep_alive, timer=timer)
     out = []
     for vector in vectors:
-        vector = _normalise(vector)
+        vector = unit_length(vector)
         if 0 < req.dimensions < len(vector):
-            vector = _normalise(vector[: req.dimensions])
+            vector = unit_length(vector[: req.dimensions])
         out.append(vector)
     body: dict[str, Any] = {"model": req.model, "embeddings": out}
     if out:

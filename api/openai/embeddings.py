@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import base64
-import math
 import struct
 from typing import Any
 
 import attrs
 from quart import Response, request
 
-from trillama.api.completion import Timer, coerce_request_options, parse_keep_alive_field, resolve_model
+from trillama.api.completion import (
+    Timer,
+    coerce_request_options,
+    embed_inputs,
+    parse_keep_alive_field,
+    resolve_model,
+    unit_length,
+)
 from trillama.api.decode import read_request
 from trillama.api.errors import APIError
-from trillama.api.ollama.inference import embed_inputs
 from trillama.api.openai.common import blueprint
 from trillama.api.streaming import json_response
 
@@ -36,12 +41,6 @@ def float32_base64(vector: list[float]) -> str:
 
 
 # ----------------------------------------------------------------------------- POST /v1/embeddings
-def _normalise(vector: list[float]) -> list[float]:
-    """Unit length, as ``/api/embed`` returns them (cosine similarity becomes a dot product)."""
-    norm = math.sqrt(sum(x * x for x in vector))
-    return [x / norm for x in vector] if norm > 0 else list(vector)
-
-
 @blueprint.post("/v1/embeddings")
 async def embeddings() -> Response:
     timer = Timer()
@@ -65,9 +64,9 @@ async def embeddings() -> Response:
                                          timer=timer)
     data = []
     for index, vector in enumerate(vectors):
-        vector = _normalise(vector)
+        vector = unit_length(vector)
         if req.dimensions and req.dimensions < len(vector):
-            vector = _normalise(vector[: req.dimensions])
+            vector = unit_length(vector[: req.dimensions])
         data.append({"object": "embedding", "index": index,
                      "embedding": float32_base64(vector) if encoding == "base64" else vector})
     return json_response({"object": "list", "data": data, "model": req.model,
