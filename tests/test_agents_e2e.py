@@ -390,6 +390,10 @@ def test_codex_exec_resume(agents: Setup, codex_dirs: tuple[Path, Path], codex_f
 
 def test_replayed_codex_request_calls_a_namespaced_tool_as_codex_expects(agents: Setup, codex_first: Run) -> None:
     codex = codex_first.requests("/v1/responses")[0]
+    # Codex's own instructions and tools, but a fixed input: the recorded one names the run's temporary
+    # folders, and on some of them the small model filled the forced call's string past any limit.
+    codex["input"] = [{"type": "message", "role": "user",
+                       "content": [{"type": "input_text", "text": "Close the agent whose id is agent-7."}]}]
     # the test model's stop at a line end would cut a forced call at the first newline
     r = _post(agents, "/v1/responses", {**codex, "stream": False, "max_output_tokens": 256,
                                        "options": {"stop": ["<end_of_turn>"], "temperature": 0},
@@ -397,7 +401,7 @@ def test_replayed_codex_request_calls_a_namespaced_tool_as_codex_expects(agents:
                                                        "name": "close_agent"}})
     assert r.status_code == 200, r.text
     calls = [item for item in r.json()["output"] if item["type"] == "function_call"]
-    assert calls, r.json()["output"]
+    assert calls, json.dumps(r.json()["output"])
     assert (calls[0]["name"], calls[0]["namespace"]) == ("close_agent", "multi_agent_v1")
     assert isinstance(json.loads(calls[0]["arguments"]), dict)
     assert r.headers["X-Trillama-Ignored-Tools"] == "web_search"  # the hosted tool, left out and said so
@@ -518,7 +522,7 @@ def test_custom_tools_come_back_as_custom_tool_calls(agents: Setup) -> None:
                                        "options": {"stop": ["<end_of_turn>"]}})
     assert r.status_code == 200, r.text
     calls = [item for item in r.json()["output"] if item["type"] == "custom_tool_call"]
-    assert calls, r.json()["output"]
+    assert calls, json.dumps(r.json()["output"])
     assert calls[0]["name"] == "apply_patch" and isinstance(calls[0]["input"], str)
     # and sent back with its output, it is part of the conversation
     r = _post(agents, "/v1/responses", {"model": AGENT_MODEL, "tools": [tool], "max_output_tokens": 8, "input": [
