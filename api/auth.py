@@ -69,6 +69,15 @@ _LISTINGS = {"/api/tags": ("models", "name"), "/api/ps": ("models", "name"), "/v
 _SCOPE_KEY = "trillama.grant"
 
 
+def request_key_id() -> str | None:
+    """The id of the key the current request was let in with; ``None`` when keys are off.
+
+    What a key stores (``/v1/responses`` with ``store``) is its own: other keys see none of it.
+    """
+    held = request.scope.get(_SCOPE_KEY)
+    return held[1].id if held is not None else None
+
+
 def required_scope(rule: str | None) -> str:
     """What the route ``rule`` (Quart's matched rule; ``None`` for no match) needs.
 

@@ -289,6 +289,31 @@ def test_openai_client(keyed: Keyed) -> None:
     assert reply.choices[0].finish_reason == "length"
 
 
+def test_a_stored_response_is_its_keys_only(keyed: Keyed) -> None:
+    """One key cannot read, continue or delete what another key stored on /v1/responses."""
+    def client(name: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=keyed.server.base_url + "/v1", api_key=keyed.key(name), max_retries=0,
+                             timeout=120)
+
+    mine, theirs = client("fair-a"), client("fair-b")
+    stored = mine.responses.create(model=SMOL, input="Hi", max_output_tokens=4, store=True)
+    assert mine.responses.retrieve(stored.id).id == stored.id
+    with pytest.raises(openai.NotFoundError):
+        theirs.responses.retrieve(stored.id)
+    with pytest.raises(openai.NotFoundError):
+        theirs.responses.input_items.list(stored.id)
+    with pytest.raises(openai.BadRequestError) as refused:
+        theirs.responses.create(model=SMOL, input="And?", max_output_tokens=4, previous_response_id=stored.id)
+    assert refused.value.code == "previous_response_not_found"
+    with pytest.raises(openai.NotFoundError):
+        theirs.responses.delete(stored.id)
+    follow = mine.responses.create(model=SMOL, input="And?", max_output_tokens=4, previous_response_id=stored.id)
+    assert follow.previous_response_id == stored.id
+    mine.responses.delete(stored.id)
+    with pytest.raises(openai.NotFoundError):
+        mine.responses.retrieve(stored.id)
+
+
 def test_anthropic_client(keyed: Keyed) -> None:
     def client(name: str | None, bearer: bool = False) -> anthropic.Anthropic:
         base = dict(base_url=keyed.server.base_url, max_retries=0, timeout=120)

@@ -295,6 +295,17 @@ def test_store_keeps_gets_and_deletes() -> None:
     assert len(store) == 0 and store.bytes_used == 0
 
 
+def test_store_entries_belong_to_the_key_that_stored_them() -> None:
+    store = ResponseStore(max_bytes=10_000, ttl=60, clock=_Clock())
+    assert store.put("a", {"id": "a"}, [], owner="key-a")
+    assert store.put("open", {"id": "open"}, [])  # a server without keys
+    assert store.get("a") is None and store.get("a", owner="key-b") is None
+    assert store.get("a", owner="key-a").body == {"id": "a"}
+    assert store.get("open") is not None and store.get("open", owner="key-a") is None
+    assert not store.delete("a", owner="key-b") and store.get("a", owner="key-a") is not None
+    assert store.delete("a", owner="key-a") and store.get("a", owner="key-a") is None
+
+
 def test_store_expires_entries() -> None:
     clock = _Clock()
     store = ResponseStore(max_bytes=10_000, ttl=60, clock=clock)

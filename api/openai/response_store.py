@@ -6,6 +6,10 @@ ended — prior turns, this turn's input and its output as chat messages — so 
 the very same prompt text the model already saw, plus its answer, and the runner's slot reuses the
 whole cached prefix.
 
+Each entry belongs to the API key that stored it (``owner``, the key's id; ``None`` when the server
+has no keys): a lookup with another owner finds nothing, as OpenAI's responses belong to a
+project, so one key of a shared server cannot read or continue another's conversations.
+
 It lives in memory and is bounded two ways: every entry expires ``ttl`` seconds after it was
 stored, and when the entries' total size passes ``max_bytes`` the oldest go first. Sizes are the
 length of an entry's JSON (images travel as data URIs, so they count in full). It is only touched
@@ -41,6 +45,8 @@ class StoredResponse:
     expires_at: float
     #: this turn's input items as sent, each with an ``id`` (``GET …/input_items``)
     input_items: tuple[dict[str, Any], ...] = ()
+    #: the id of the API key that stored it (``None`` without keys)
+    owner: str | None = None
 
 
 class ResponseStore:
@@ -65,7 +71,7 @@ class ResponseStore:
         return len(self._entries)
 
     def put(self, ident: str, body: dict[str, Any], conversation: Sequence[dict[str, Any]],
-            input_items: Sequence[dict[str, Any]] = ()) -> bool:
+            input_items: Sequence[dict[str, Any]] = (), *, owner: str | None = None) -> bool:
         """Keep a response; ``False`` when storing is off or the entry alone is over the cap."""
         if not self.enabled:
             return False
@@ -76,7 +82,7 @@ class ResponseStore:
         self._expire()
         self._drop(ident)
         self._entries[ident] = StoredResponse(ident, body, tuple(conversation), size, self._clock() + self.ttl,
-                                              tuple(input_items))
+                                              tuple(input_items), owner)
         self._bytes += size
         while self._bytes > self.max_bytes:
             oldest = next(iter(self._entries))
@@ -84,12 +90,16 @@ class ResponseStore:
             log.info("response_evicted", id=oldest, bytes_used=self._bytes)
         return True
 
-    def get(self, ident: str) -> StoredResponse | None:
+    def get(self, ident: str, *, owner: str | None = None) -> StoredResponse | None:
+        """The entry, if it exists and belongs to ``owner``."""
         self._expire()
-        return self._entries.get(ident)
+        entry = self._entries.get(ident)
+        return entry if entry is not None and entry.owner == owner else None
 
-    def delete(self, ident: str) -> bool:
-        self._expire()
+    def delete(self, ident: str, *, owner: str | None = None) -> bool:
+        """Drop the entry if it belongs to ``owner``; whether it did."""
+        if self.get(ident, owner=owner) is None:
+            return False
         return self._drop(ident)
 
     def _drop(self, ident: str) -> bool:

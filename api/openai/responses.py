@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator, Mapping
 from quart import Response, current_app, request
 
 from trillama.actors.runner.messages import Done
+from trillama.api.auth import request_key_id
 from trillama.api.completion import Timer
 from trillama.api.decode import read_request
 from trillama.api.errors import APIError
@@ -73,10 +74,10 @@ def _context(req: ResponsesRequest, plan: ResponsePlan, store: bool) -> ReplyCon
         encrypted_reasoning=isinstance(req.include, list) and "reasoning.encrypted_content" in req.include)
 
 
-def _keep(store: ResponseStore, builder: ResponseBuilder, plan: ResponsePlan) -> None:
+def _keep(store: ResponseStore, builder: ResponseBuilder, plan: ResponsePlan, owner: str | None) -> None:
     if builder.ctx.store:
         store.put(builder.ctx.id, builder.response(), plan.conversation + [builder.assistant_message()],
-                  plan.input_items)
+                  plan.input_items, owner=owner)
 
 
 async def _events(builder: ResponseBuilder, deltas: AsyncIterator[Delta | Done], on_done: Any
@@ -132,9 +133,10 @@ async def create_response() -> Response:
     timer = Timer()
     req = await read_request(request, ResponsesRequest)
     store = response_store()
+    owner = request_key_id()  # the stored reply is this key's only
     history: tuple[dict[str, Any], ...] = ()
     if req.previous_response_id is not None:
-        previous = store.get(req.previous_response_id)
+        previous = store.get(req.previous_response_id, owner=owner)
         if previous is None:
             # OpenAI's answer (a 400 with this code), which agents match on to resend in full.
             raise OpenAIError(400, f"Previous response with id '{req.previous_response_id}' not found.",
@@ -145,7 +147,7 @@ async def create_response() -> Response:
     log.info("openai_response", model=req.model, stream=req.stream, id=builder.ctx.id,
              previous=req.previous_response_id, history=len(history), tools=len(plan.chat.tools or ()))
     deltas = chat_events(plan.chat, timer)
-    events = _events(builder, deltas, lambda: _keep(store, builder, plan))
+    events = _events(builder, deltas, lambda: _keep(store, builder, plan, owner))
     if req.stream:
         response = await _stream(events, builder)
     else:
@@ -161,7 +163,7 @@ async def create_response() -> Response:
 # ----------------------------------------------------------------------------- GET / DELETE
 @blueprint.get("/v1/responses/<ident>")
 async def retrieve_response(ident: str) -> Response:
-    stored = response_store().get(ident)
+    stored = response_store().get(ident, owner=request_key_id())
     if stored is None:
         raise _not_found(ident)
     return json_response(stored.body)
@@ -171,7 +173,7 @@ async def retrieve_response(ident: str) -> Response:
 async def list_input_items(ident: str) -> Response:
     """A stored response's input items, paged as OpenAI pages them (``order`` ``desc`` by default,
     ``limit`` 1–100, default 20, ``after`` an item id)."""
-    stored = response_store().get(ident)
+    stored = response_store().get(ident, owner=request_key_id())
     if stored is None:
         raise _not_found(ident)
     order = request.args.get("order", "desc")
@@ -201,7 +203,7 @@ async def list_input_items(ident: str) -> Response:
 
 @blueprint.delete("/v1/responses/<ident>")
 async def delete_response(ident: str) -> Response:
-    if not response_store().delete(ident):
+    if not response_store().delete(ident, owner=request_key_id()):
         raise _not_found(ident)
     return json_response({"id": ident, "object": "response.deleted", "deleted": True})
 
