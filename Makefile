@@ -27,10 +27,16 @@ serve: bootstrap
 # The suite runs in $(TEST_WORKERS) pytest-xdist workers (a file's tests stay together, so each file's
 # shared servers start once); the few tests that measure the machine's CPU load (marked `alone`)
 # run afterwards by themselves, since a second worker would be the busy neighbour they look for.
+# In the parallel part two workers' runners share the cores, and llama.cpp's OpenMP threads spin
+# at every barrier for libgomp's default 300,000 rounds while the thread they wait for is not
+# running: a spin count of 10,000 took a fifth off the wall time and a quarter off the CPU time of
+# six e2e files (189/182 s -> 151/150 s) and 9m06s -> 8m28s off the whole suite, and costs a lone
+# decode nothing measurable (a product default is not decided: see docs/benchmarks.md).
 TEST_WORKERS ?= 2
+TEST_SPINCOUNT ?= 10000
 
 test: bootstrap
-	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile -m "not alone"
+	GOMP_SPINCOUNT=$(TEST_SPINCOUNT) $(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile -m "not alone"
 	$(BIN)/python -m pytest tests -m alone
 
 bench: bootstrap
