@@ -31,7 +31,7 @@ serve: bootstrap
 # at every barrier for libgomp's default 300,000 rounds while the thread they wait for is not
 # running: a spin count of 10,000 took a fifth off the wall time and a quarter off the CPU time of
 # six e2e files (189/182 s -> 151/150 s) and 9m06s -> 8m28s off the whole suite, and costs a lone
-# decode nothing measurable (a product default is not decided: see docs/benchmarks.md).
+# decode nothing measurable (why it is not the product's default: docs/benchmarks.md).
 TEST_WORKERS ?= 2
 TEST_SPINCOUNT ?= 10000
 
