@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -86,6 +87,18 @@ def _access_events(server: ServerProcess) -> list[dict[str, Any]]:
     return events
 
 
+def _began(event: dict[str, Any]) -> float:
+    """When the request of an access event began (its line is written when it ends), in Unix seconds."""
+    ended = datetime.fromisoformat(event["timestamp"]).timestamp()
+    return ended - (event.get("total_ms") or 0) / 1000
+
+
+def _access_since(server: ServerProcess, began: float) -> list[dict[str, Any]]:
+    """The access events of the requests that began at ``began`` or later (not those logged since:
+    an earlier test's request may write its line after the next test has started)."""
+    return [a for a in _access_events(server) if _began(a) >= began]
+
+
 def _failures(access: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [a for a in access if (a.get("status") or 0) >= 400]
 
@@ -124,7 +137,7 @@ def _environment(setup: Setup, agent: str, home: Path) -> dict[str, str]:
 def launch(setup: Setup, agent: str, args: list[str], *, home: Path, cwd: Path, name: str) -> Run:
     """``trillama launch <agent> --model gemma3-agent -- args``, as a user would type it."""
     env = _environment(setup, agent, home)
-    before = len(_access_events(setup.server))
+    began = time.time()
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "trillama", "launch", agent, "--model", MODEL, "--", *args],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, cwd=cwd,
@@ -132,7 +145,7 @@ def launch(setup: Setup, agent: str, args: list[str], *, home: Path, cwd: Path, 
     seconds = time.monotonic() - started
     exchanges = setup.proxy.take()
     setup.proxy.save(setup.records / f"{name}.jsonl", exchanges)
-    access = _access_events(setup.server)[before:]
+    access = _access_since(setup.server, began)
     print(f"{name}: {seconds:.1f}s, exit {done.returncode}, "
           f"{[(a.get('route'), a.get('status'), a.get('prompt_tokens')) for a in access]}")
     return Run(done.returncode, done.stdout, done.stderr, exchanges, access, seconds)
@@ -299,7 +312,7 @@ def test_claude_code_interactive_session(agents: Setup, tmp_path: Path) -> None:
     home.mkdir()
     work.mkdir()
     env = {**_environment(agents, "claude", home), "TERM": "xterm-256color"}
-    before = len(_access_events(agents.server))
+    began = time.time()
     screen = pyte.Screen(120, 40)
     terminal = pyte.Stream(screen)
     child = pexpect.spawn(sys.executable, ["-m", "trillama", "launch", "claude", "--model", MODEL], env=env,
@@ -332,7 +345,7 @@ def test_claude_code_interactive_session(agents: Setup, tmp_path: Path) -> None:
                 time.sleep(0.3)
                 child.send("\r")
             elif "prompt" in done:
-                finished = [a for a in _access_events(agents.server)[before:] if a.get("route") == "/v1/messages"]
+                finished = [a for a in _access_since(agents.server, began) if a.get("route") == "/v1/messages"]
                 asked = [ex for ex in list(agents.proxy.exchanges) if ex.route == "/v1/messages" and ex.answer]
                 if finished and asked:
                     answer = _answer_text(asked[-1]).strip()
@@ -348,7 +361,7 @@ def test_claude_code_interactive_session(agents: Setup, tmp_path: Path) -> None:
             child.terminate(force=True)
     child.close()
     assert child.exitstatus == 0, (child.exitstatus, child.signalstatus, shown())
-    access = _access_events(agents.server)[before:]
+    access = _access_since(agents.server, began)
     assert not _failures(access), _failures(access)
     agents.proxy.save(agents.records / "claude-interactive.jsonl", agents.proxy.take())
 
