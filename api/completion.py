@@ -31,6 +31,7 @@ __all__ = [
     "model_lease",
     "run_job",
     "embed_inputs",
+    "with_model_parameters",
     "unit_length",
     "parse_keep_alive_field",
     "coerce_request_options",
@@ -117,6 +118,11 @@ def coerce_request_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         return dict(coerce_options(options))
     except OptionError as exc:
         raise APIError(400, str(exc)) from None
+
+
+def with_model_parameters(record: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """A request's options over its model's Modelfile ``PARAMETER`` values (the request wins)."""
+    return {**(record.parameters or {}), **options}
 
 
 def check_token_limit(field: str, value: Any) -> None:
@@ -262,7 +268,7 @@ async def embed_inputs(record: Any, inputs: list[str], *, truncate: bool, option
                        timer: Timer) -> tuple[list[list[float]], int]:
     """Embed ``inputs`` with ``record``'s model (its Modelfile parameters under ``options``); returns raw
     vectors and the total token count. ``/api/embed``, ``/api/embeddings`` and ``/v1/embeddings``."""
-    async with model_lease(record, {**(record.parameters or {}), **options}, keep_alive, timer) as lease:
+    async with model_lease(record, with_model_parameters(record, options), keep_alive, timer) as lease:
         if not inputs:
             return [], 0
         try:

@@ -169,8 +169,8 @@ class Engine:
         # Saved states restore exactly only without sliding-window layers: llama.cpp's state of
         # an SWA sequence loses the window's geometry (ggml-org/llama.cpp#25295; measured here on
         # gemma3: logits off by up to 0.74 after a restore, bit-identical for SmolLM2).
-        self.n_swa = int(L.llama_model_n_swa(model.ptr))
-        cache = cache if (cache is not None and can_copy and self.n_swa == 0) else None
+        n_swa = int(L.llama_model_n_swa(model.ptr))
+        cache = cache if (cache is not None and can_copy and n_swa == 0) else None
         # ... those models park sequences in spare KV streams instead (exact: it is a copy).
         parking = (ParkedStreams(range(n_parallel, n_parallel + n_park))
                    if n_park > 0 and can_copy and cache is None else None)

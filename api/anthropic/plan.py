@@ -28,7 +28,13 @@ from trillama.api.anthropic.translate import (
     think_value,
     tool_set,
 )
-from trillama.api.completion import check_token_limit, coerce_request_options, parse_keep_alive_field, resolve_model
+from trillama.api.completion import (
+    check_token_limit,
+    coerce_request_options,
+    parse_keep_alive_field,
+    resolve_model,
+    with_model_parameters,
+)
 from trillama.api.errors import APIError
 from trillama.api.prompting import check_think, forced_tool_call, require_vision
 from trillama.api.provider_tools import log_left_out
@@ -158,7 +164,7 @@ def _plan(req: _Conversation, options: dict[str, Any]) -> Plan:
     if choice.forced:
         assert tools is not None
         grammar, think = forced_tool_call(record, tools, choice.name, think)
-    merged = {**(record.parameters or {}), **coerce_request_options(req.options), **options}
+    merged = with_model_parameters(record, {**coerce_request_options(req.options), **options})
     hide = isinstance(req.thinking, dict) and req.thinking.get("display") == "omitted"
     left_out = offered.left_out
     if isinstance(req, MessagesRequest) and isinstance(req.mcp_servers, list) and req.mcp_servers:

@@ -21,6 +21,7 @@ from trillama.api.completion import (
     coerce_request_options,
     embed_inputs,
     unit_length,
+    with_model_parameters,
     model_lease,
     now_rfc3339,
     parse_keep_alive_field,
@@ -137,10 +138,6 @@ def _debug_chunk(model: str, prompt: str, images: int, empty: dict[str, Any]) ->
             "_debug_info": {"rendered_template": prompt, "image_count": images}}
 
 
-def _merge_options(record: Any, request_options: dict[str, Any]) -> dict[str, Any]:
-    return {**(record.parameters or {}), **request_options}
-
-
 # ----------------------------------------------------------------------------- /api/generate
 @blueprint.post("/api/generate")
 async def generate() -> Response:
@@ -169,7 +166,7 @@ async def generate() -> Response:
     grammar = _grammar(req.format)
 
     async def chunks() -> AsyncIterator[dict]:
-        merged = _merge_options(record, options)
+        merged = with_model_parameters(record, options)
         async with model_lease(record, merged, keep_alive, timer) as lease:
             if not req.prompt and not images:
                 yield {"model": req.model, "created_at": now_rfc3339(), "response": "", "done": True,
@@ -265,7 +262,7 @@ async def chat() -> Response:
     grammar = _grammar(req.format)
 
     async def chunks() -> AsyncIterator[dict]:
-        merged = _merge_options(record, options)
+        merged = with_model_parameters(record, options)
         async with model_lease(record, merged, keep_alive, timer) as lease:
             if not req.messages:
                 yield {"model": req.model, "created_at": now_rfc3339(),
